@@ -6,6 +6,7 @@ const API = "/api/v1";
 const PING_EVERY_MS = 20_000;
 // No frame at all for this long after a ping means a half-open connection.
 const SILENCE_LIMIT_MS = 45_000;
+const PROBE_WAIT_MS = 5000;
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 15_000;
 
@@ -30,7 +31,7 @@ export class ApiError extends Error {
 // ---------------------------------------------------------------- words
 
 const ERROR_WORDS = {
-  email_taken: "That email is already registered. Log in instead.",
+  email_taken: "That email is already registered.",
   invalid_credentials: "Wrong email or password.",
   invalid_token: "Your login has expired. Please log in again.",
   unauthorized: "Please log in first.",
@@ -375,8 +376,20 @@ export class Socket {
     this.retryTimer = null;
     this.pingTimer = null;
     this.lastFrameAt = 0;
+    // Back online: a socket that survived a network change may be dead
+    // without knowing it, so probe it and reconnect unless it answers soon.
     this._onOnline = () => {
-      if (!this.stopped && !this.ws) this.reconnectNow();
+      if (this.stopped) return;
+      if (!this.ws || !this.ready) {
+        this.reconnectNow();
+        return;
+      }
+      const ws = this.ws;
+      const probeAt = Date.now();
+      ws.send(JSON.stringify({ type: "ping" }));
+      setTimeout(() => {
+        if (this.ws === ws && this.lastFrameAt < probeAt) this.reconnectNow();
+      }, PROBE_WAIT_MS);
     };
     window.addEventListener("online", this._onOnline);
   }
@@ -598,7 +611,8 @@ export function setupShell({ auth, notices, role, onLogin, onLogout }) {
     }
     show(authView, false);
     show(appView, true);
-    who.textContent = user ? `${user.name} (${user.email})` : "";
+    who.textContent = user ? user.name : "";
+    who.title = user ? user.email : "";
     show(who, true);
     show(logout, true);
     show(conn, true);

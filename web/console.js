@@ -115,6 +115,7 @@ function setStatus(status, reason) {
   for (const input of document.querySelectorAll("input[name=status]")) {
     input.checked = input.value === status;
   }
+  showConfirmedStatus(status);
   const note = $("#status-note");
   if (reason === "missed_offers") {
     note.textContent =
@@ -138,6 +139,7 @@ for (const input of document.querySelectorAll("input[name=status]")) {
     try {
       await socket.send({ type: "status", status: wanted });
       view.status = wanted;
+      showConfirmedStatus(wanted);
       if (wanted === "online") show($("#status-note"), false);
       notices.info(`You are ${STATUS_WORDS[wanted].toLowerCase()}.`);
     } catch (err) {
@@ -145,6 +147,13 @@ for (const input of document.querySelectorAll("input[name=status]")) {
       setStatus(previous);
     }
   });
+}
+
+// The radios show what was asked for; this line shows what the server holds.
+function showConfirmedStatus(status) {
+  const el = $("#status-now-value");
+  el.textContent = STATUS_WORDS[status] || status;
+  el.dataset.status = status;
 }
 
 function setWaiting(frame) {
