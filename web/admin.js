@@ -176,10 +176,10 @@ function makeRow(id) {
   fields.flow.addEventListener("change", () => patch(row, { flow_enabled: fields.flow.checked }, "flow setting"));
   fields.weight.addEventListener("change", () => patch(row, { weight: numberOf(fields.weight) }, "weight"));
   fields.capacity.addEventListener("change", () => patch(row, { capacity: numberOf(fields.capacity) }, "capacity"));
+  // Escape puts back the saved value.
   for (const input of [fields.weight, fields.capacity]) {
     input.addEventListener("keydown", (event) => {
       if (event.key === "Escape") {
-        delete input.dataset.editing;
         renderRow(row, true);
         input.select();
       }
@@ -207,8 +207,11 @@ function renderRow(row, force = false) {
   f.flow.setAttribute("aria-label", `Flow on for ${name}`);
   f.weight.setAttribute("aria-label", `Weight for ${name}`);
   f.capacity.setAttribute("aria-label", `Capacity for ${name}`);
+  // Weight, capacity and flow come with the astrologer record (create, edit);
+  // until one has been seen, the controls say "not known" rather than guess.
   if (typeof d.is_top === "boolean") f.top.checked = d.is_top;
-  f.flow.checked = d.flow_enabled !== false;
+  f.flow.indeterminate = typeof d.flow_enabled !== "boolean";
+  f.flow.checked = d.flow_enabled === true;
   // Never overwrite what someone is typing.
   for (const [key, input] of [
     ["weight", f.weight],
@@ -217,7 +220,7 @@ function renderRow(row, force = false) {
     if (!force && document.activeElement === input) continue;
     const text = d[key] === undefined || d[key] === null ? "" : String(d[key]);
     if (input.value !== text) input.value = text;
-    input.placeholder = d[key] === undefined ? "?" : "";
+    input.placeholder = d[key] === undefined ? "–" : "";
   }
   setText(f.assigned, d.assigned_today === undefined ? "–" : String(d.assigned_today));
   const share = typeof d.share === "number" ? d.share : null;

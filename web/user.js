@@ -246,8 +246,29 @@ function renderAstrologers(list) {
       row.remove();
     }
   }
+  sortRows(container);
   show($("#astrologer-empty"), list.length === 0);
   if (view.request) renderWaiting();
+}
+
+const STATUS_RANK = { online: 0, break: 1, offline: 2 };
+
+// Online first, then on break, then offline; moves rows only when the order
+// changed, and gives focus back to a radio that moved.
+function sortRows(container) {
+  const rows = [...container.children];
+  const rank = (row) => {
+    const a = view.astrologers.get(row.dataset.id) || {};
+    return [STATUS_RANK[a.status] ?? 3, a.is_top ? 0 : 1, (a.name || "").toLowerCase()];
+  };
+  const sorted = [...rows].sort((x, y) => {
+    const [a, b] = [rank(x), rank(y)];
+    return a[0] - b[0] || a[1] - b[1] || a[2].localeCompare(b[2]);
+  });
+  if (sorted.every((row, i) => row === rows[i])) return;
+  const focused = document.activeElement;
+  container.append(...sorted);
+  if (focused && container.contains(focused) && document.activeElement !== focused) focused.focus();
 }
 
 function astrologerRow(id) {

@@ -345,3 +345,87 @@ async def test_server_errors_are_shown_in_words(site: Site, pages: Browsers) -> 
     await expect(alert).to_have_text("That email is already registered.")
     pages.take_expected(r"status of 409")
     pages.assert_clean()
+
+
+async def test_declines_and_withdrawn_offers_are_explained(site: Site, pages: Browsers) -> None:
+    lyra, mia, noor = named("Lyra"), named("Mia"), named("Noor")
+    account = await site.api.create_astrologer(site.admin_token, lyra)
+    console = await pages.open("/console")
+    await log_in(console, account)
+    await go_online(console)
+
+    user = await pages.open("/")
+    await log_in(user, await site.api.register_user(mia))
+    await user.get_by_role("radio", name=lyra).check()
+    await user.get_by_role("button", name="Join the line").click()
+    await console.get_by_role("button", name=f"Decline chat from {mia}").click()
+    await expect(messages(console)).to_have_text(f"You declined the request from {mia}.")
+    # A declined direct request ends (SPEC §5) and the user is told why.
+    await expect(messages(user)).to_have_text("The astrologer declined your request.")
+    await expect(user.get_by_role("heading", name="Ask for a consultation")).to_be_visible()
+
+    other = await login_actor(site.api, await site.api.register_user(noor))
+    try:
+        ack = await other.call({"type": "request", "kind": "call", "astrologer_id": account.id})
+        offer = console.get_by_role("listitem").filter(has=console.get_by_role("heading", name=f"Call request from {noor}"))
+        await expect(offer).to_be_visible()
+        await expect(console.get_by_label("Waiting for you")).to_have_text("0")
+        await other.call({"type": "cancel", "request_id": ack["request_id"]})
+        await expect(messages(console)).to_have_text(f"{noor} cancelled the request; the offer was withdrawn.")
+        await expect(offer).to_have_count(0)
+        await expect(console.get_by_text("No offers right now.")).to_be_visible()
+    finally:
+        await other.close()
+    await go_offline(console)
+    pages.assert_clean()
+
+
+async def test_tokens_are_refreshed_before_expiry_and_after_a_rejected_socket(
+    site: Site, pages: Browsers
+) -> None:
+    ivy = await site.api.register_user(named("Ivy"))
+    user = await pages.open("/")
+    await log_in(user, ivy)
+
+    async def tamper(script: str) -> str:
+        token: str = await user.evaluate(
+            """(script) => {
+                const key = "astroq.user.auth";
+                const data = JSON.parse(localStorage.getItem(key));
+                new Function("data", script)(data);
+                localStorage.setItem(key, JSON.stringify(data));
+                return data.access_token;
+            }""",
+            script,
+        )
+        return token
+
+    # About to expire: the page swaps tokens before it uses them, so the server
+    # never sees the stale one (no 401 anywhere).
+    stale = await tamper("data.access_token = 'stale'; data.expires_at = Date.now() + 1000;")
+    await user.reload()
+    await expect(user.get_by_role("status", name="Connection")).to_have_text("Connected")
+    assert await tamper("") != stale
+    pages.assert_clean()
+
+    # Rejected although not expired: the socket closes with 4401, the page
+    # refreshes and reconnects on its own.
+    await tamper("data.access_token = 'not-a-token';")
+    await user.reload()
+    await expect(user.get_by_role("status", name="Connection")).to_have_text("Connected")
+    await expect(user.get_by_role("button", name="Log out")).to_be_visible()
+    assert await tamper("") != "not-a-token"
+    pages.take_expected(r"status of 401")
+    pages.assert_clean()
+
+
+async def test_the_admin_page_refuses_other_roles(site: Site, pages: Browsers) -> None:
+    user = await site.api.register_user(named("Olive"))
+    admin = await pages.open("/admin")
+    form = admin.get_by_role("form", name="Admin")
+    await form.get_by_label("Email").fill(user.email)
+    await form.get_by_label("Password").fill(user.password)
+    await form.get_by_role("button", name="Log in").click()
+    await expect(admin.get_by_role("alert")).to_have_text("Your account is not allowed to do that.")
+    await expect(admin.get_by_role("button", name="Log out")).to_be_hidden()
+    pages.assert_clean()
