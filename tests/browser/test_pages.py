@@ -111,49 +111,56 @@ async def test_top_flow_off_sends_a_general_request_to_a_regular_astrologer(
     top = await site.api.create_astrologer(site.admin_token, tara, is_top=True)
     regular = await site.api.create_astrologer(site.admin_token, nia)
     leo_account = await site.api.register_user(leo)
+    await set_top_flow(site, "on")
+    try:
+        admin = await pages.open("/admin")
+        await log_in(admin, site.admin)
+        nia_row, tara_row = table_row(admin, nia), table_row(admin, tara)
+        await expect(nia_row.get_by_role("cell").nth(STATUS_CELL)).to_have_text("Offline")
+        await expect(tara_row.get_by_role("checkbox", name=f"Top astrologer: {tara}")).to_be_checked()
 
-    admin = await pages.open("/admin")
-    await log_in(admin, site.admin)
-    nia_row, tara_row = table_row(admin, nia), table_row(admin, tara)
-    await expect(nia_row.get_by_role("cell").nth(STATUS_CELL)).to_have_text("Offline")
-    await expect(tara_row.get_by_role("checkbox", name=f"Top astrologer: {tara}")).to_be_checked()
+        await admin.get_by_role("radio", name="Off").check()
+        await expect(messages(admin)).to_contain_text("Top flow is off")
 
-    await admin.get_by_role("radio", name="Off").check()
-    await expect(messages(admin)).to_contain_text("Top flow is off")
+        consoles: dict[str, Page] = {}
+        for astrologer in (top, regular):
+            consoles[astrologer.name] = page = await pages.open("/console")
+            await log_in(page, astrologer)
+            await go_online(page)
+        # The admin table follows the stats frames without a reload.
+        await expect(nia_row.get_by_role("cell").nth(STATUS_CELL)).to_have_text("Online")
+        await expect(tara_row.get_by_role("cell").nth(STATUS_CELL)).to_have_text("Online")
 
-    consoles: dict[str, Page] = {}
-    for astrologer in (top, regular):
-        consoles[astrologer.name] = page = await pages.open("/console")
-        await log_in(page, astrologer)
-        await go_online(page)
-    # The admin table follows the stats frames without a reload.
-    await expect(nia_row.get_by_role("cell").nth(STATUS_CELL)).to_have_text("Online")
-    await expect(tara_row.get_by_role("cell").nth(STATUS_CELL)).to_have_text("Online")
+        user = await pages.open("/")
+        await log_in(user, leo_account)
+        await expect(user.get_by_role("radio", name="Any astrologer")).to_be_checked()
+        await user.get_by_role("button", name="Join the line").click()
 
-    user = await pages.open("/")
-    await log_in(user, leo_account)
-    await expect(user.get_by_role("radio", name="Any astrologer")).to_be_checked()
-    await user.get_by_role("button", name="Join the line").click()
+        nia_console, tara_console = consoles[nia], consoles[tara]
+        accept = nia_console.get_by_role("button", name=f"Accept chat from {leo}")
+        await expect(accept).to_be_visible()
+        await expect(nia_console.get_by_text("From the general line.")).to_be_visible()
+        await expect(tara_console.get_by_text("No offers right now.")).to_be_visible()
+        await accept.click()
 
-    nia_console, tara_console = consoles[nia], consoles[tara]
-    accept = nia_console.get_by_role("button", name=f"Accept chat from {leo}")
-    await expect(accept).to_be_visible()
-    await expect(nia_console.get_by_text("From the general line.")).to_be_visible()
-    await expect(tara_console.get_by_text("No offers right now.")).to_be_visible()
-    await accept.click()
+        await expect(user.get_by_role("region", name="You are connected")).to_contain_text(nia)
+        await expect(nia_row.get_by_role("cell").nth(ASSIGNED_CELL)).to_have_text("1")
+        await expect(tara_row.get_by_role("cell").nth(ASSIGNED_CELL)).to_have_text("0")
+        await screenshot(admin, "admin-live")
 
-    await expect(user.get_by_role("region", name="You are connected")).to_contain_text(nia)
-    await expect(nia_row.get_by_role("cell").nth(ASSIGNED_CELL)).to_have_text("1")
-    await expect(tara_row.get_by_role("cell").nth(ASSIGNED_CELL)).to_have_text("0")
-    await screenshot(admin, "admin-live")
-
-    await admin.get_by_role("radio", name="On", exact=True).check()
-    await expect(messages(admin)).to_have_text("Top flow is on.")
-    await nia_console.get_by_role("button", name=f"End session with {leo}").click()
-    await expect(messages(user)).to_have_text(f"{nia} ended the session.")
-    for page in consoles.values():
-        await go_offline(page)
+        await admin.get_by_role("radio", name="On", exact=True).check()
+        await expect(messages(admin)).to_have_text("Top flow is on.")
+        await nia_console.get_by_role("button", name=f"End session with {leo}").click()
+        await expect(messages(user)).to_have_text(f"{nia} ended the session.")
+        for page in consoles.values():
+            await go_offline(page)
+    finally:
+        await set_top_flow(site, "on")
     pages.assert_clean()
+
+
+async def set_top_flow(site: Site, top_flow: str) -> None:
+    await site.api.call("PUT", "/api/v1/admin/flow", {"top_flow": top_flow}, token=site.admin_token)
 
 
 async def test_reload_while_waiting_resumes_the_same_place(site: Site, pages: Browsers) -> None:
