@@ -141,8 +141,12 @@ export class Notices {
   error(errorOrCode, message) {
     let text;
     if (errorOrCode instanceof ApiError) text = describeError(errorOrCode.code, errorOrCode.message);
-    else if (errorOrCode instanceof Error) text = describeError("internal", errorOrCode.message);
+    else if (errorOrCode instanceof Error) text = "Something went wrong on this page. Reload it and try again.";
     else text = describeError(errorOrCode, message);
+    this.errorText(text);
+  }
+
+  errorText(text) {
     this.alertEl.replaceChildren(h("span", {}, text));
     this.alertEl.hidden = false;
   }
@@ -593,6 +597,12 @@ export function connectionWords(state, delayMs) {
  * login form shared by every page. `onLogin` runs after a successful login and,
  * from start(), when tokens are already stored; `onLogout` when they are gone.
  */
+const ROLE_PAGES = {
+  user: "This page is for people looking for a consultation. Astrologers use /console, admins /admin.",
+  astrologer: "This console is for astrologers. Log in with an astrologer account.",
+  admin: "This page is for admins. Log in with an admin account.",
+};
+
 export function setupShell({ auth, notices, role, onLogin, onLogout }) {
   const loginForm = $("#login-form");
   const authView = $("#auth-view");
@@ -605,7 +615,7 @@ export function setupShell({ auth, notices, role, onLogin, onLogout }) {
     const user = auth.user;
     if (role && user && user.role !== role) {
       auth.clear();
-      notices.error("forbidden", "");
+      notices.errorText(ROLE_PAGES[role]);
       leave();
       return;
     }
@@ -644,8 +654,8 @@ export function setupShell({ auth, notices, role, onLogin, onLogout }) {
         await auth.login(email, password);
       }
       loginForm.reset();
-      notices.info(registering ? "Account created. You are logged in." : "You are logged in.");
       enter();
+      if (auth.loggedIn) notices.info(registering ? "Account created. You are logged in." : "You are logged in.");
     } catch (err) {
       notices.error(err);
     } finally {

@@ -433,6 +433,6 @@ async def test_the_admin_page_refuses_other_roles(site: Site, pages: Browsers) -
     await form.get_by_label("Email").fill(user.email)
     await form.get_by_label("Password").fill(user.password)
     await form.get_by_role("button", name="Log in").click()
-    await expect(admin.get_by_role("alert")).to_have_text("Your account is not allowed to do that.")
+    await expect(admin.get_by_role("alert")).to_have_text("This page is for admins. Log in with an admin account.")
     await expect(admin.get_by_role("button", name="Log out")).to_be_hidden()
     pages.assert_clean()
