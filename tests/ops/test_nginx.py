@@ -206,8 +206,10 @@ def test_websockets_and_http_pass_through_to_both_upstreams(tmp_path: Path) -> N
 
         # least_conn: two sockets open at once land on different gateways.
         served = set()
+        # A client's own X-Forwarded-For is replaced by the address nginx sees.
+        forged = {"X-Forwarded-For": "203.0.113.9"}
         with connect(f"ws://127.0.0.1:{nginx_port}/ws", open_timeout=5) as first, connect(
-            f"ws://127.0.0.1:{nginx_port}/ws", open_timeout=5
+            f"ws://127.0.0.1:{nginx_port}/ws", open_timeout=5, additional_headers=forged
         ) as second:
             for ws, text in ((first, '{"type": "ping"}'), (second, '{"type": "ping", "n": 2}')):
                 ws.send(text)
