@@ -664,16 +664,19 @@ export function setupShell({ auth, notices, role, onLogin, onLogout }) {
   });
 
   logout.addEventListener("click", () => {
+    leave();
     auth.clear();
     notices.clear();
     notices.info("You are logged out.");
-    leave();
     $("#login-form input[name=email]").focus();
   });
 
-  // Another tab logged out: follow it.
+  // Logged out elsewhere (another tab) or the login could not be renewed.
   auth.addEventListener("change", () => {
-    if (!auth.loggedIn && !appView.hidden) leave();
+    if (!auth.loggedIn && !appView.hidden) {
+      leave();
+      notices.info("You have been logged out. Log in again to continue.");
+    }
   });
 
   return {
@@ -687,8 +690,8 @@ export function setupShell({ auth, notices, role, onLogin, onLogout }) {
       conn.dataset.state = state;
     },
     authLost(err) {
-      auth.clear();
       leave();
+      auth.clear();
       notices.error(err && err.code === "forbidden" ? err : new ApiError(401, "invalid_token", ""));
     },
   };
