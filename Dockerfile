@@ -31,7 +31,11 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY server ./server
 COPY matcher ./matcher
 COPY bench ./bench
-RUN pip install --no-deps . \
+RUN pip install --no-deps .
+# The browser pages (SPEC: /, /console, /admin) go beside the installed
+# server package, where server.app.web_dir() looks for them.
+COPY web ./web
+RUN cp -r web "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/web" \
     && python -m compileall -q /opt/astroq
 
 # ---------------------------------------------------------------- runtime
@@ -42,8 +46,6 @@ RUN groupadd --system --gid 10001 astroq \
 
 COPY --from=build /opt/astroq /opt/astroq
 WORKDIR /app
-# The browser pages (SPEC: /, /console, /admin).
-COPY --chown=root:root web ./web
 
 ENV PATH=/opt/astroq/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -106,6 +106,9 @@ def test_services_and_their_health(resolved: dict[str, Any]) -> None:
     assert services["migrate"]["command"] == ["migrate"]
     for gateway in ("gateway1", "gateway2"):
         assert services["nginx"]["depends_on"][gateway]["condition"] == "service_healthy"
+        # Client addresses come from nginx's X-Forwarded-For (login throttling).
+        assert services[gateway]["environment"]["FORWARDED_ALLOW_IPS"] == "*"
+        assert "ports" not in services[gateway]
 
 
 def test_mounts_point_at_files_in_the_repository(resolved: dict[str, Any]) -> None:
