@@ -1,0 +1,163 @@
+"""The outbox: committed transitions go to PostgreSQL, then their frames go out.
+
+Every Lua script that changes live state appends one entry to the outbox
+stream in the same atomic step. The active matcher reads the stream in order,
+writes a batch of entries to PostgreSQL in one transaction, and only then
+publishes their frames (acks included). So a client never sees a change that
+PostgreSQL does not hold, and a Redis that loses its data can be rebuilt from
+PostgreSQL without contradicting anything a client was told.
+
+Each write is idempotent and only moves a row forward (an ended offer, request
+or session is never reopened), so replaying entries after a crash, or two
+matchers briefly replaying the same entries, is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+import asyncpg
+import orjson
+from redis.asyncio import Redis
+
+from matcher.keys import Keys
+from server import metrics
+
+log = logging.getLogger("astroq.journal")
+
+# Inserts first, then updates: inside one batch a row is always created before
+# it is ended, whatever order the entries were grouped in.
+_SQL: dict[str, str] = {
+    "req": "INSERT INTO requests (id, user_id, kind, astrologer_id, seq, created_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    "offer": "INSERT INTO offers (id, request_id, astrologer_id, direct, created_at, expires_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    "sess": "INSERT INTO sessions (id, request_id, user_id, astrologer_id, kind, started_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    "offer_end": "UPDATE offers SET outcome = $2, answered_at = $3"
+    " WHERE id = $1 AND outcome IS NULL",
+    "req_end": "UPDATE requests SET state = $2, reason = $3, ended_at = $4"
+    " WHERE id = $1 AND state = 'open'",
+    "sess_end": "UPDATE sessions SET ended_at = $2, ended_by = $3"
+    " WHERE id = $1 AND ended_at IS NULL",
+    "status": "WITH s AS (UPDATE astrologers SET status = $2, updated_at = $4 WHERE id = $1)"
+    " INSERT INTO status_changes (astrologer_id, status, reason, at) VALUES ($1, $2, $3, $4)",
+}
+
+
+def at(ms: Any) -> datetime:
+    return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
+
+
+_ROW: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {
+    "req": lambda r: (r["id"], r["user"], r["kind"], r["aid"] or None, int(r["seq"]), at(r["at"])),
+    "offer": lambda r: (r["id"], r["rid"], r["aid"], bool(r["direct"]), at(r["at"]), at(r["exp"])),
+    "sess": lambda r: (r["id"], r["rid"], r["user"], r["aid"], r["kind"], at(r["at"])),
+    "offer_end": lambda r: (r["id"], r["outcome"], at(r["at"])),
+    "req_end": lambda r: (r["id"], r["state"], r["reason"] or None, at(r["at"])),
+    "sess_end": lambda r: (r["id"], at(r["at"]), r["by"]),
+    "status": lambda r: (r["aid"], r["status"], r["reason"], at(r["at"])),
+}
+
+
+def _list(value: Any) -> list[Any]:
+    # cjson encodes an empty Lua table as {}.
+    return value if isinstance(value, list) else []
+
+
+@dataclass
+class Batch:
+    ids: list[str] = field(default_factory=list)
+    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: defaultdict(list))
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+    hints: list[list[Any]] = field(default_factory=list)
+
+
+def frame_message(socket_id: str, op: str, frame: Any) -> bytes:
+    """A pub/sub message: which socket (empty = all of the account), the op it answers, the frame."""
+    return f"{socket_id}\n{op}\n".encode() + orjson.dumps(frame)
+
+
+def parse_entries(entries: Iterable[tuple[Any, dict[Any, Any]]], keys: Keys) -> Batch:
+    batch = Batch()
+    for entry_id, fields in entries:
+        batch.ids.append(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
+        data = orjson.loads(fields[b"d"] if b"d" in fields else fields["d"])
+        for op, row in _list(data.get("pg")):
+            batch.rows[op].append(_ROW[op](row))
+        for uid, frame, socket_id, frame_op in _list(data.get("ev")):
+            batch.messages.append((keys.events(uid), frame_message(socket_id, frame_op, frame)))
+        batch.hints.extend(_list(data.get("m")))
+    return batch
+
+
+async def write_rows(conn: asyncpg.Connection, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+    async with conn.transaction():
+        for op, sql in _SQL.items():
+            if rows.get(op):
+                await conn.executemany(sql, rows[op])
+
+
+class Journal:
+    """Persists outbox entries in order and publishes their frames."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        pool: asyncpg.Pool,
+        keys: Keys,
+        on_position: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.keys = keys
+        self.on_position = on_position
+
+    async def persist(self, entries: list[tuple[Any, dict[Any, Any]]]) -> None:
+        batch = parse_entries(entries, self.keys)
+        try:
+            async with self.pool.acquire() as conn:
+                await write_rows(conn, batch.rows)
+        except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError):
+            # One bad entry must not block the line behind it: write them one by one.
+            await self._persist_one_by_one(entries)
+            return
+        await self._publish(batch)
+
+    async def _persist_one_by_one(self, entries: list[tuple[Any, dict[Any, Any]]]) -> None:
+        for entry in entries:
+            batch = parse_entries([entry], self.keys)
+            try:
+                async with self.pool.acquire() as conn:
+                    await write_rows(conn, batch.rows)
+            except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+                log.error("dropping outbox entry %s that PostgreSQL refuses: %s", batch.ids, exc)
+                await self.redis.xdel(self.keys.outbox, *batch.ids)
+                continue
+            await self._publish(batch)
+
+    async def _publish(self, batch: Batch) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for channel, message in batch.messages:
+            pipe.publish(channel, message)
+        if batch.ids:
+            pipe.xdel(self.keys.outbox, *batch.ids)
+        await pipe.execute()
+        self._observe(batch.hints)
+
+    def _observe(self, hints: list[list[Any]]) -> None:
+        for name, label, value in hints:
+            if name == "req":
+                metrics.REQUESTS.labels(label).inc()
+            elif name == "offer":
+                metrics.OFFERS.labels(label).inc()
+            elif name == "wait":
+                metrics.REQUEST_WAIT.labels(label).observe(value / 1000)
+            elif name == "resp":
+                metrics.OFFER_RESPONSE.observe(value / 1000)
+            elif name == "pos" and self.on_position is not None:
+                self.on_position(label, int(value))

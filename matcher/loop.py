@@ -1,0 +1,281 @@
+"""The matcher: one active at a time (a lease in Redis), the rest on standby.
+
+The active matcher's loop is thin and event-driven: it blocks on the outbox
+stream (every state change appends to it) or until the next deadline, then
+1. persists what was committed and publishes its frames (journal.py),
+2. ends what is due (offers, graces, max waits: timers.lua),
+3. asks the pure flow algorithm for a decision on a fresh snapshot and commits
+   it atomically (snapshot.lua, flow.decide, commit.lua),
+4. sends changed positions and counts (positions.py), and stats to admins.
+Every matcher script checks the fencing token, so a matcher that lost its lease
+(paused, partitioned) can no longer write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import orjson
+from redis.asyncio import Redis
+
+from matcher import flow
+from matcher.journal import Journal
+from matcher.keys import Keys
+from matcher.positions import Positions, admin_message
+from matcher.rebuild import rebuild
+from matcher.stats import admin_stats
+from matcher.store import Fenced, Store
+from server import errors, metrics
+from server.settings import Settings
+
+log = logging.getLogger("astroq.matcher")
+
+GENERAL_LOOKAHEAD = 64  # general requests read beyond the free slots, for exclusions
+POSITIONS_EVERY_S = 0.1  # coalescing window for positions (SPEC: within 1 s)
+STATS_EVERY_S = 1.0  # admin stats at most once a second (SPEC §4)
+REAP_EVERY_S = 1.0
+MAX_BLOCK_S = 0.25  # also bounds how late a Redis data loss is noticed
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _snapshot(data: dict[str, Any]) -> flow.FlowSnapshot:
+    stretch = flow.Stretch()
+    if data["stretch"]:
+        raw = orjson.loads(data["stretch"])
+        stretch = flow.Stretch(
+            members=tuple((m[0], float(m[1])) for m in raw["members"]),
+            counts=raw["counts"],
+            total=raw["total"],
+        )
+    astrologers = tuple(
+        flow.Astrologer(
+            id=a[0],
+            weight=float(a[1]),
+            capacity=int(a[2]),
+            load=int(a[3]),
+            is_top=bool(a[4]),
+            flow_enabled=bool(a[5]),
+            idle_since_ms=int(a[6]),
+        )
+        for a in (data["astrologers"] if isinstance(data["astrologers"], list) else [])
+    )
+    general = tuple(
+        flow.Waiting(w[0], int(w[1]), frozenset(w[2] if isinstance(w[2], list) else ()))
+        for w in (data["general"] if isinstance(data["general"], list) else [])
+    )
+    direct = {
+        aid: tuple(flow.Waiting(w[0], int(w[1])) for w in items)
+        for aid, items in (data["direct"] if isinstance(data["direct"], dict) else {}).items()
+    }
+    top_flow = data["top_flow"] if data["top_flow"] in ("off", "on", "boost") else "on"
+    return flow.FlowSnapshot(
+        astrologers=astrologers,
+        general=general,
+        direct=direct,
+        top_flow=flow.TopFlow(top_flow),
+        boost=float(data["boost"]),
+        stretch=stretch,
+    )
+
+
+def _stretch_json(stretch: flow.Stretch) -> bytes:
+    return orjson.dumps(
+        {
+            "members": [list(m) for m in stretch.members],
+            "counts": dict(stretch.counts),
+            "total": stretch.total,
+        }
+    )
+
+
+class Matcher:
+    def __init__(
+        self, settings: Settings, redis: Redis, pool: asyncpg.Pool, matcher_id: str | None = None
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.pool = pool
+        self.keys = Keys(settings.redis_prefix)
+        self.store = Store(redis, self.keys)
+        self.id = matcher_id or uuid.uuid4().hex
+        self.positions = Positions(self.store, redis, self.keys)
+        self.journal = Journal(redis, pool, self.keys, on_position=self.positions.remember)
+        self.leader = asyncio.Event()
+        self.token = ""
+        self._lease_ms = int(settings.matcher_lease_s * 1000)
+        self._grace_ms = int(settings.reconnect_grace_s * 1000)
+
+    # ---- lease ---------------------------------------------------------------
+    async def run(self) -> None:
+        """Forever: wait for the lease, lead while it is held, step down when lost."""
+        try:
+            while True:
+                try:
+                    state = await self.store.lease(self.id, self._lease_ms)
+                except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                    log.warning("redis unreachable while taking the lease: %s", exc)
+                    await asyncio.sleep(self._lease_ms / 3000)
+                    continue
+                if not state.held:
+                    metrics.MATCHER_LEADER.set(0)
+                    await asyncio.sleep(min(0.2, self._lease_ms / 6000))
+                    continue
+                self.token = state.token
+                log.info("matcher %s leads with fencing token %s", self.id, self.token)
+                await self._lead()
+        finally:
+            metrics.MATCHER_LEADER.set(0)
+            self.leader.clear()
+
+    async def release(self) -> None:
+        try:
+            await self.store.release(self.id)
+        except Exception:  # a clean stop must not fail because Redis is gone
+            pass
+
+    async def _keep_lease(self) -> None:
+        renew_s = self._lease_ms / 3000
+        deadline = time.monotonic() + self._lease_ms / 1000
+        while True:
+            await asyncio.sleep(renew_s)
+            try:
+                state = await asyncio.wait_for(
+                    self.store.lease(self.id, self._lease_ms), timeout=renew_s
+                )
+            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                if time.monotonic() >= deadline:
+                    log.warning("lease not renewed in time (%s); stepping down", exc)
+                    return
+                continue
+            if not state.held or state.token != self.token:
+                log.warning("lease lost; stepping down")
+                return
+            deadline = time.monotonic() + self._lease_ms / 1000
+
+    async def _lead(self) -> None:
+        self.leader.set()
+        metrics.MATCHER_LEADER.set(1)
+        keeper = asyncio.create_task(self._keep_lease())
+        work = asyncio.create_task(self._work())
+        try:
+            done, _ = await asyncio.wait({keeper, work}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    exc = task.exception()
+                    if not isinstance(exc, Fenced):
+                        log.error("matcher work failed: %r", exc, exc_info=exc)
+        finally:
+            for task in (keeper, work):
+                task.cancel()
+            await asyncio.gather(keeper, work, return_exceptions=True)
+            self.leader.clear()
+            metrics.MATCHER_LEADER.set(0)
+            self.positions.forget_all()
+
+    # ---- the active matcher's loop ---------------------------------------------------
+    async def _work(self) -> None:
+        last_id = "0-0"
+        next_due_ms = 0
+        positions_due = stats_due = reap_due = 0.0
+        positions_dirty = stats_dirty = True
+        must_decide = True  # a new leader decides at once: the last one may have died mid-pass
+        backoff_s = 0.05
+        while True:
+            try:
+                if not await self.store.is_alive():
+                    await self._rebuild()
+                    last_id = "0-0"
+                    positions_dirty = stats_dirty = must_decide = True
+                clock = time.monotonic()
+                block_s = MAX_BLOCK_S
+                if next_due_ms:
+                    block_s = min(block_s, max(0.0, (next_due_ms - now_ms()) / 1000))
+                if positions_dirty:
+                    block_s = min(block_s, max(0.0, positions_due - clock))
+                reply = await self.redis.xread(
+                    {self.keys.outbox: last_id}, count=1000, block=max(1, int(block_s * 1000))
+                )
+                changed, must_decide = must_decide, False
+                if reply:
+                    entries = reply[0][1]
+                    await self.journal.persist(entries)
+                    last_id = entries[-1][0]
+                    changed = True
+                if now_ms() >= next_due_ms:
+                    next_due_ms, more = await self.store.timers(
+                        self.token, now_ms(), self.settings.max_missed, 500
+                    )
+                    if more:
+                        next_due_ms = now_ms()
+                    elif next_due_ms < 0:
+                        next_due_ms = now_ms() + int(MAX_BLOCK_S * 1000)
+                if changed:
+                    await self.decide()
+                    positions_dirty = stats_dirty = True
+                clock = time.monotonic()
+                if positions_dirty and clock >= positions_due:
+                    positions_dirty = False
+                    positions_due = clock + POSITIONS_EVERY_S
+                    lines = await self.positions.publish()
+                    if stats_dirty and clock >= stats_due:
+                        stats_dirty = False
+                        stats_due = clock + STATS_EVERY_S
+                        await self._publish_stats(lines["data"])
+                if clock >= reap_due:
+                    reap_due = clock + REAP_EVERY_S
+                    await self.store.reap(self.token, now_ms(), self._grace_ms)
+                    stats_dirty = True
+                backoff_s = 0.05
+            except Fenced:
+                log.warning("fenced: another matcher holds the lease")
+                return
+            except errors.Unavailable:
+                continue  # live state vanished between two steps; rebuild on the next turn
+            except (OSError, ConnectionError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+                # Redis or PostgreSQL is away: nothing is lost (the outbox keeps
+                # what is not yet persisted); retry until they answer again.
+                log.warning("matcher waiting for its stores: %r", exc)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(1.0, backoff_s * 2)
+
+    async def _rebuild(self) -> None:
+        await rebuild(
+            self.redis,
+            self.pool,
+            self.keys,
+            grace_ms=self._grace_ms,
+            max_wait_ms=int(self.settings.max_wait_s * 1000),
+        )
+        self.positions.forget_all()
+
+    async def decide(self) -> int:
+        """One decision: snapshot, the pure algorithm, an atomic commit. Returns offers made."""
+        started = time.perf_counter()
+        data = await self.store.snapshot(self.token, GENERAL_LOOKAHEAD)
+        decision = flow.decide(_snapshot(data))
+        made = 0
+        if decision.offers or data["stretch"] != _stretch_json(decision.stretch).decode():
+            made = await self.store.commit(
+                self.token,
+                now_ms(),
+                int(self.settings.offer_timeout_s * 1000),
+                _stretch_json(decision.stretch),
+                [
+                    (str(uuid.uuid4()), o.request_id, o.astrologer_id, o.direct)
+                    for o in decision.offers
+                ],
+            )
+        metrics.DECISION_TIME.observe(time.perf_counter() - started)
+        return made
+
+    async def _publish_stats(self, lines: dict[str, Any]) -> None:
+        stats = await admin_stats(self.store, self.pool, lines)
+        await self.redis.publish(self.keys.admin_events, admin_message(stats))

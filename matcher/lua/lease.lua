@@ -1,0 +1,17 @@
+-- lease.lua: take or keep the matcher lease.
+-- KEYS[1] match base
+-- ARGV[1] this matcher's id  ARGV[2] lease length (ms)
+-- Returns {held (0|1), fencing token}. A new holder gets a new, larger token;
+-- every matcher script checks it, so a matcher paused past its lease that
+-- wakes up can no longer write a decision.
+local me, ttl = ARGV[1], ARGV[2]
+local holder = redis.call('GET', k('lease'))
+if holder == me then
+  redis.call('PEXPIRE', k('lease'), ttl)
+  return {1, redis.call('GET', k('fence')) or ''}
+end
+if holder then return {0, ''} end
+redis.call('SET', k('lease'), me, 'PX', ttl)
+local token = tostring(redis.call('INCR', k('fencectr')))
+redis.call('SET', k('fence'), token)
+return {1, token}

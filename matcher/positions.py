@@ -1,0 +1,121 @@
+"""Live positions, estimated waits and `waiting` counts, sent only when they change.
+
+One pass reads every line with its owners in one script, computes each waiting
+request's position (1 + requests ahead of it that still wait) and estimate,
+and publishes only what differs from what that client was last sent; so a
+client always holds the latest value, and an unchanged one costs nothing.
+
+ETA(k) = ceil(k / c) x average handle time, with c the capacity of the online
+astrologers who could serve the request (SPEC: null while there is none).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from matcher.journal import frame_message
+from matcher.keys import Keys
+from matcher.store import Store
+from server import metrics
+
+DEFAULT_HANDLE_MS = 300_000  # until a session has ended, assume five minutes
+
+
+def eta_seconds(position: int, capacity: int, avg_ms: float) -> float | None:
+    if capacity <= 0:
+        return None
+    return math.ceil(position / capacity) * (avg_ms or DEFAULT_HANDLE_MS) / 1000
+
+
+@dataclass
+class Positions:
+    store: Store
+    redis: Redis
+    keys: Keys
+    sent: dict[str, tuple[int, float | None]] = field(default_factory=dict)
+    waiting_sent: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def remember(self, request_id: str, position: int) -> None:
+        """The `queued` frame told the client this position already."""
+        self.sent[request_id] = (position, self.sent.get(request_id, (0, None))[1])
+
+    def forget_all(self) -> None:
+        self.sent.clear()
+        self.waiting_sent.clear()
+
+    async def publish(self) -> dict[str, Any]:
+        data = await self.store.lines()
+        top_flow, avg_ms = data["top_flow"], data["avg_ms"]
+        astrologers = data["astrologers"] if isinstance(data["astrologers"], list) else []
+        general_cap = 0
+        capacity: dict[str, int] = {}
+        by_status = {"online": 0, "break": 0, "offline": 0}
+        busy_slots = free_slots = 0
+        for aid, status, cap, flow_enabled, is_top, _weight, load in astrologers:
+            by_status[status] = by_status.get(status, 0) + 1
+            busy_slots += load
+            if status == "online":
+                capacity[aid] = cap
+                free_slots += max(0, cap - load)
+                if flow_enabled and not (is_top and top_flow == "off"):
+                    general_cap += cap
+
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.m("etaparams"), "cap_general", general_cap)
+        live: set[str] = set()
+
+        def line(pairs: Any, cap: int) -> int:
+            pairs = pairs if isinstance(pairs, list) else []
+            for index in range(0, len(pairs), 2):
+                rid, uid = pairs[index], pairs[index + 1]
+                position = index // 2 + 1
+                value = (position, eta_seconds(position, cap, avg_ms))
+                live.add(rid)
+                if self.sent.get(rid) != value and uid:
+                    self.sent[rid] = value
+                    frame = {
+                        "type": "position",
+                        "request_id": rid,
+                        "position": value[0],
+                        "eta_seconds": value[1],
+                    }
+                    pipe.publish(self.keys.events(uid), frame_message("", "", frame))
+            return len(pairs) // 2
+
+        general_waiting = line(data["general"], general_cap)
+        direct = data["direct"] if isinstance(data["direct"], dict) else {}
+        direct_waiting = {aid: line(pairs, capacity.get(aid, 0)) for aid, pairs in direct.items()}
+        for rid in [rid for rid in self.sent if rid not in live]:
+            del self.sent[rid]
+
+        for aid, status, *_ in astrologers:
+            if status == "offline":
+                self.waiting_sent.pop(aid, None)
+                continue
+            counts = (direct_waiting.get(aid, 0), general_waiting)
+            if self.waiting_sent.get(aid) != counts:
+                self.waiting_sent[aid] = counts
+                frame = {"type": "waiting", "direct": counts[0], "general": counts[1]}
+                pipe.publish(self.keys.events(aid), frame_message("", "", frame))
+        await pipe.execute()
+
+        metrics.WAITING.labels("general").set(general_waiting)
+        metrics.WAITING.labels("direct").set(sum(direct_waiting.values()))
+        for status, count in by_status.items():
+            metrics.ASTROLOGERS.labels(status).set(count)
+        metrics.BUSY_SLOTS.set(busy_slots)
+        metrics.FREE_SLOTS.set(free_slots)
+        return {"live": data["live"], "by_status": by_status, "data": data}
+
+
+def admin_message(stats: dict[str, Any]) -> bytes:
+    return frame_message("", "", {"type": "stats", **stats})
+
+
+def encode(value: Any) -> bytes:
+    return orjson.dumps(value)

@@ -1,0 +1,136 @@
+"""Rebuilds the live state in Redis from PostgreSQL after Redis lost its data.
+
+PostgreSQL holds every request that was acknowledged (SPEC §6), with its place
+(`seq`) in its line; the rebuild puts each open request back in the same order.
+Offers that were open are ended as `returned` and their requests wait again at
+their old place. Sessions that were open stay open. Every account with a live
+request or session, and every astrologer not offline, gets a fresh reconnect
+grace: gateways register their sockets again within a heartbeat and cancel it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+
+from matcher.keys import Keys
+from server import metrics
+
+log = logging.getLogger("astroq.rebuild")
+
+
+def _ms(value: Any) -> int:
+    return int(value.timestamp() * 1000)
+
+
+async def rebuild(
+    redis: Redis, pool: asyncpg.Pool, keys: Keys, *, grace_ms: int, max_wait_ms: int
+) -> int:
+    """Writes the live state in one MULTI; returns the number of open requests restored."""
+    now_ms = int(time.time() * 1000)
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            returned = await conn.fetch(
+                "UPDATE offers SET outcome = 'returned', answered_at = now()"
+                " WHERE outcome IS NULL RETURNING id::text, astrologer_id::text"
+            )
+            astrologers = await conn.fetch(
+                "SELECT a.id::text AS id, u.name, a.weight, a.capacity, a.is_top,"
+                " a.flow_enabled, a.status FROM astrologers a JOIN users u ON u.id = a.id"
+            )
+            requests = await conn.fetch(
+                "SELECT r.id::text AS id, r.user_id::text AS user_id, u.name AS uname, r.kind,"
+                " coalesce(r.astrologer_id::text, '') AS aid, r.seq, r.created_at"
+                " FROM requests r JOIN users u ON u.id = r.user_id"
+                " WHERE r.state = 'open' ORDER BY r.seq"
+            )
+            sessions = await conn.fetch(
+                "SELECT s.id::text AS id, s.request_id::text AS rid, s.user_id::text AS user_id,"
+                " u.name AS uname, s.astrologer_id::text AS aid, a.name AS aname, s.kind,"
+                " s.started_at FROM sessions s JOIN users u ON u.id = s.user_id"
+                " JOIN users a ON a.id = s.astrologer_id WHERE s.ended_at IS NULL"
+            )
+            flow = await conn.fetchrow("SELECT top_flow, boost FROM flow_settings WHERE id = 1")
+            max_seq = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM requests")
+
+    load: dict[str, int] = {}
+    for s in sessions:
+        load[s["aid"]] = load.get(s["aid"], 0) + 1
+    m = keys.m
+    pipe = redis.pipeline(transaction=True)
+    for a in astrologers:
+        aid = a["id"]
+        pipe.hset(
+            m(f"ast:{aid}"),
+            mapping={
+                "name": a["name"],
+                "weight": repr(float(a["weight"])),
+                "capacity": a["capacity"],
+                "is_top": int(a["is_top"]),
+                "flow_enabled": int(a["flow_enabled"]),
+                "status": a["status"],
+                "load": load.get(aid, 0),
+                "missed": 0,
+                "idle": 0,
+            },
+        )
+        pipe.sadd(m("asts"), aid)
+        if a["status"] == "online":
+            pipe.sadd(m("online"), aid)
+        if a["status"] != "offline":
+            pipe.zadd(m("deadline:grace"), {aid: now_ms + grace_ms})
+    for offer in returned:
+        pipe.set(m(f"offerdone:{offer['id']}"), offer["astrologer_id"], px=3_600_000)
+    for r in requests:
+        rid, aid = r["id"], r["aid"]
+        pipe.hset(
+            m(f"req:{rid}"),
+            mapping={
+                "id": rid,
+                "user": r["user_id"],
+                "uname": r["uname"],
+                "kind": r["kind"],
+                "aid": aid,
+                "seq": r["seq"],
+                "created": _ms(r["created_at"]),
+                "state": "waiting",
+                "offer": "",
+            },
+        )
+        pipe.zadd(m(f"line:{aid}" if aid else "line:general"), {rid: r["seq"]})
+        pipe.hset(m("owner"), rid, r["user_id"])
+        pipe.hset(m(f"user:{r['user_id']}"), "req", rid)
+        pipe.zadd(m("deadline:grace"), {r["user_id"]: now_ms + grace_ms})
+        if max_wait_ms > 0:
+            pipe.zadd(m("deadline:wait"), {rid: _ms(r["created_at"]) + max_wait_ms})
+    for s in sessions:
+        pipe.hset(
+            m(f"sess:{s['id']}"),
+            mapping={
+                "rid": s["rid"],
+                "user": s["user_id"],
+                "uname": s["uname"],
+                "aid": s["aid"],
+                "aname": s["aname"],
+                "kind": s["kind"],
+                "started": _ms(s["started_at"]),
+            },
+        )
+        pipe.sadd(m(f"astsess:{s['aid']}"), s["id"])
+        pipe.hset(m(f"user:{s['user_id']}"), "sess", s["id"])
+    pipe.hset(m("flow"), mapping={"top_flow": flow["top_flow"], "boost": repr(flow["boost"])})
+    pipe.set(m("seq"), max_seq)
+    pipe.set(keys.alive, "1")
+    await pipe.execute()
+    metrics.REBUILDS.inc()
+    log.info(
+        "rebuilt live state from PostgreSQL: %d open requests, %d sessions, %d offers returned",
+        len(requests),
+        len(sessions),
+        len(returned),
+    )
+    return len(requests)

@@ -1,0 +1,267 @@
+"""Typed access to the live state in Redis: one method per Lua script.
+
+Scripts are loaded once (redis-py re-loads one transparently after a
+`SCRIPT FLUSH`). A script that refuses returns {'err', code}; the wrapper turns
+that into the typed error of server/errors.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Sequence
+
+import orjson
+from redis.asyncio import Redis
+
+from server import errors
+from matcher.keys import Keys
+
+_MATCH_SLOT_SCRIPTS = (
+    "request",
+    "cancel",
+    "answer",
+    "end",
+    "status",
+    "connect",
+    "disconnect",
+    "heartbeat",
+    "snapshot",
+    "commit",
+    "timers",
+    "reap",
+    "lines",
+    "lease",
+    "release",
+    "upsert_astrologer",
+)
+_CLIENT_SLOT_SCRIPTS = ("enqueue", "next")
+
+
+def _source(name: str) -> str:
+    return resources.files("matcher").joinpath(f"lua/{name}.lua").read_text()
+
+
+class Fenced(Exception):
+    """This matcher's fencing token is stale: another matcher holds the lease."""
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    held: bool
+    token: str
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _check(reply: Any) -> list[Any]:
+    if isinstance(reply, list) and reply and _text(reply[0]) == "err":
+        code = _text(reply[1])
+        if code == "fenced":
+            raise Fenced()
+        raise errors.from_code(code)
+    return list(reply)
+
+
+class Store:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        lib = _source("lib")
+        self._scripts = {
+            name: redis.register_script(lib + "\n" + _source(name)) for name in _MATCH_SLOT_SCRIPTS
+        }
+        self._scripts.update(
+            {name: redis.register_script(_source(name)) for name in _CLIENT_SLOT_SCRIPTS}
+        )
+
+    async def _match(self, name: str, *args: Any) -> Any:
+        return await self._scripts[name](keys=[self.keys.match], args=list(args))
+
+    # ---- client frames (gateway) -------------------------------------------
+    async def request(
+        self,
+        user_id: str,
+        user_name: str,
+        request_id: str,
+        kind: str,
+        astrologer_id: str | None,
+        now_ms: int,
+        socket_id: str,
+        op: str,
+        ref: str | None,
+        max_wait_ms: int,
+    ) -> None:
+        _check(
+            await self._match(
+                "request",
+                user_id,
+                user_name,
+                request_id,
+                kind,
+                astrologer_id or "",
+                now_ms,
+                socket_id,
+                op,
+                orjson.dumps(ref),
+                max_wait_ms,
+            )
+        )
+
+    async def cancel(
+        self, user_id: str, request_id: str, now_ms: int, socket_id: str, op: str, ref: str | None
+    ) -> None:
+        _check(
+            await self._match(
+                "cancel", user_id, request_id, now_ms, socket_id, op, orjson.dumps(ref)
+            )
+        )
+
+    async def answer(
+        self,
+        astrologer_id: str,
+        offer_id: str,
+        verb: str,
+        session_id: str,
+        now_ms: int,
+        socket_id: str,
+        op: str,
+        ref: str | None,
+    ) -> None:
+        _check(
+            await self._match(
+                "answer",
+                astrologer_id,
+                offer_id,
+                verb,
+                session_id,
+                now_ms,
+                socket_id,
+                op,
+                orjson.dumps(ref),
+            )
+        )
+
+    async def end(
+        self,
+        account_id: str,
+        role: str,
+        session_id: str,
+        now_ms: int,
+        socket_id: str,
+        op: str,
+        ref: str | None,
+    ) -> None:
+        _check(
+            await self._match(
+                "end", account_id, role, session_id, now_ms, socket_id, op, orjson.dumps(ref)
+            )
+        )
+
+    async def set_status(
+        self, astrologer_id: str, status: str, now_ms: int, socket_id: str, op: str, ref: str | None
+    ) -> None:
+        _check(
+            await self._match(
+                "status", astrologer_id, status, now_ms, socket_id, op, orjson.dumps(ref)
+            )
+        )
+
+    # ---- presence (gateway) -------------------------------------------------
+    async def connect(
+        self, account_id: str, role: str, socket_id: str, gateway_id: str, now_ms: int
+    ) -> tuple[dict[str, Any], bool]:
+        reply = _check(
+            await self._match("connect", account_id, role, socket_id, gateway_id, now_ms)
+        )
+        return orjson.loads(reply[1]), bool(int(reply[2]))
+
+    async def disconnect(
+        self, account_id: str, socket_id: str, gateway_id: str, now_ms: int, grace_ms: int
+    ) -> int:
+        return int(
+            await self._match("disconnect", account_id, socket_id, gateway_id, now_ms, grace_ms)
+        )
+
+    async def heartbeat(self, gateway_id: str, ttl_ms: int) -> tuple[bool, int]:
+        alive, sockets = await self._match("heartbeat", gateway_id, ttl_ms)
+        return bool(int(alive)), int(sockets)
+
+    # ---- per-client queues (gateway) -----------------------------------------
+    async def enqueue(self, user_id: str, frame: bytes, gateway_id: str, lock_ms: int) -> bytes | None:
+        keys = [self.keys.client_queue(user_id), self.keys.client_lock(user_id)]
+        result: bytes | None = await self._scripts["enqueue"](
+            keys=keys, args=[frame, gateway_id, lock_ms]
+        )
+        return result
+
+    async def next_frame(self, user_id: str, gateway_id: str, lock_ms: int) -> bytes | None:
+        keys = [self.keys.client_queue(user_id), self.keys.client_lock(user_id)]
+        result: bytes | None = await self._scripts["next"](keys=keys, args=[gateway_id, lock_ms])
+        return result
+
+    # ---- admin -------------------------------------------------------------------
+    async def upsert_astrologer(
+        self,
+        astrologer_id: str,
+        name: str,
+        weight: float,
+        capacity: int,
+        is_top: bool,
+        flow_enabled: bool,
+    ) -> None:
+        await self._match(
+            "upsert_astrologer",
+            astrologer_id,
+            name,
+            repr(float(weight)),
+            capacity,
+            int(is_top),
+            int(flow_enabled),
+        )
+
+    async def set_flow(self, top_flow: str, boost: float) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.keys.flow, mapping={"top_flow": top_flow, "boost": repr(boost)})
+        pipe.xadd(self.keys.outbox, {"d": b'{"m":[["nudge","",0]]}'})  # wakes the matcher
+        await pipe.execute()
+
+    # ---- matcher -------------------------------------------------------------------
+    async def lease(self, matcher_id: str, ttl_ms: int) -> LeaseState:
+        held, token = await self._match("lease", matcher_id, ttl_ms)
+        return LeaseState(bool(int(held)), _text(token))
+
+    async def release(self, matcher_id: str) -> bool:
+        return bool(int(await self._match("release", matcher_id)))
+
+    async def snapshot(self, token: str, extra_general: int) -> dict[str, Any]:
+        reply = _check(await self._match("snapshot", token, extra_general))
+        return orjson.loads(reply[1])
+
+    async def commit(
+        self,
+        token: str,
+        now_ms: int,
+        offer_timeout_ms: int,
+        stretch: bytes,
+        offers: Sequence[tuple[str, str, str, bool]],
+    ) -> int:
+        args: list[Any] = [token, now_ms, offer_timeout_ms, stretch]
+        for offer_id, request_id, astrologer_id, direct in offers:
+            args += [offer_id, request_id, astrologer_id, "1" if direct else "0"]
+        return int(_check(await self._match("commit", *args))[1])
+
+    async def timers(self, token: str, now_ms: int, max_missed: int, limit: int) -> tuple[int, bool]:
+        reply = _check(await self._match("timers", token, now_ms, max_missed, limit))
+        return int(_text(reply[1])), bool(int(reply[2]))
+
+    async def reap(self, token: str, now_ms: int, grace_ms: int) -> int:
+        return int(_check(await self._match("reap", token, now_ms, grace_ms))[1])
+
+    async def lines(self) -> dict[str, Any]:
+        return orjson.loads(await self._match("lines"))
+
+    async def is_alive(self) -> bool:
+        return bool(await self.redis.exists(self.keys.alive))

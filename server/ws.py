@@ -1,0 +1,508 @@
+"""The WebSocket gateway (SPEC §4). Stateless: all state lives in Redis.
+
+Each socket is a receiver plus a sender. The receiver parses frames; a frame
+that changes state goes to its sender's own queue in Redis, and whichever
+gateway holds that queue's lock applies the frames one at a time, in order
+(one client's burst only ever delays that client). The ack and every other
+frame reach the socket through Redis pub/sub, whichever process caused them.
+The sender drains a bounded per-socket queue, so a client that stops reading
+is closed instead of slowing anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import orjson
+from redis.asyncio import Redis
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from matcher.journal import frame_message
+from matcher.keys import Keys
+from matcher.stats import admin_stats
+from matcher.store import Store
+from server import db, metrics, protocol
+from server.auth import Claims, Role, Tokens, TokenType
+from server.errors import AstroqError, CloseCode, InvalidInput, InvalidToken, RateLimited, Unavailable
+from server.settings import Settings
+
+log = logging.getLogger("astroq.gateway")
+
+AUTH_TIMEOUT_S = 10.0
+RATE_LIMIT_CLOSE_S = 5.0  # still over the rate after this long: close 1008
+SEND_QUEUE_MAX = 1024  # frames waiting for a slow reader before it is closed (1013)
+QUEUE_LOCK_MS = 10_000  # a client queue's lock outlives a crashed holder by this much
+ACK_WAIT_S = 5.0  # past this the next frame is applied anyway (the ack still comes)
+HEARTBEAT_S = 1.0
+HEARTBEAT_TTL_MS = 5_000  # a gateway silent for this long is dead: its sockets start their grace
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+@dataclass(eq=False)
+class Connection:
+    ws: WebSocket
+    account_id: str
+    role: Role
+    name: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    outbox: deque[str] = field(default_factory=deque)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: bool = False  # frames that arrive before `ready` wait behind it
+    early: list[str] = field(default_factory=list)
+    overflowed: bool = False
+
+    def push(self, text: str) -> None:
+        if not self.ready:
+            self.early.append(text)
+            return
+        if len(self.outbox) >= SEND_QUEUE_MAX:
+            self.overflowed = True
+        else:
+            self.outbox.append(text)
+        self.wakeup.set()
+
+    def push_frame(self, frame: dict[str, Any]) -> None:
+        self.push(orjson.dumps(frame).decode())
+
+    def open_with(self, ready_frame: dict[str, Any]) -> None:
+        self.ready = True
+        self.push_frame(ready_frame)
+        for text in self.early:
+            self.push(text)
+        self.early.clear()
+
+
+def error_frame(error: AstroqError, ref: str | None) -> dict[str, Any]:
+    metrics.ERRORS.labels(error.code).inc()
+    return {"type": "error", "ref": ref, "code": error.code, "message": error.message}
+
+
+class Gateway:
+    def __init__(
+        self, settings: Settings, redis: Redis, pool: asyncpg.Pool, tokens: Tokens
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.pool = pool
+        self.tokens = tokens
+        self.keys = Keys(settings.redis_prefix)
+        self.store = Store(redis, self.keys)
+        self.id = uuid.uuid4().hex[:16]
+        self.accounts: dict[str, set[Connection]] = {}
+        self.admins: set[Connection] = set()
+        self.drainers: dict[str, asyncio.Task[None]] = {}
+        self.pending_acks: dict[str, asyncio.Future[None]] = {}
+        self._events_prefix = self.keys.events("").encode()
+        self._admin_channel = self.keys.admin_events.encode()
+        self._pubsub = redis.pubsub()
+        self._subscribing: dict[bytes, asyncio.Future[None]] = {}
+        self._subscription_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- lifecycle --------------------------------------------------------------
+    async def start(self) -> None:
+        await self._pubsub.subscribe(self.keys.admin_events)
+        self._tasks = [
+            asyncio.create_task(self._read_events(), name="gateway-events"),
+            asyncio.create_task(self._heartbeat(), name="gateway-heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *self.drainers.values()]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self.drainers.values(), return_exceptions=True)
+        await self._pubsub.aclose()
+
+    # ---- pub/sub → sockets --------------------------------------------------------
+    async def _read_events(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except (ConnectionError, OSError) as exc:
+                log.warning("pub/sub connection lost: %r", exc)
+                await asyncio.sleep(0.2)
+                continue
+            if message is None:
+                continue
+            kind = message["type"]
+            if kind == "message":
+                self._route(message["channel"], message["data"])
+            elif kind == "subscribe":
+                waiter = self._subscribing.pop(message["channel"], None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+
+    def _route(self, channel: bytes, data: bytes) -> None:
+        if channel == self._admin_channel:
+            text = data.split(b"\n", 2)[2].decode()
+            for conn in list(self.admins):
+                conn.push(text)
+            return
+        socket_id, op, frame = data.split(b"\n", 2)
+        if op:
+            waiter = self.pending_acks.pop(op.decode(), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        account_id = channel[len(self._events_prefix) :].decode()
+        target = socket_id.decode()
+        text = frame.decode()
+        for conn in self.accounts.get(account_id, ()):
+            if not target or conn.id == target:
+                conn.push(text)
+
+    async def _subscribe(self, account_id: str) -> None:
+        channel = self.keys.events(account_id)
+        async with self._subscription_lock:
+            # Wait for Redis to confirm: a frame published before that would be lost.
+            waiter = asyncio.get_running_loop().create_future()
+            self._subscribing[channel.encode()] = waiter
+            await self._pubsub.subscribe(channel)
+        await asyncio.wait_for(waiter, timeout=5.0)
+
+    async def _unsubscribe(self, account_id: str) -> None:
+        async with self._subscription_lock:
+            await self._pubsub.unsubscribe(self.keys.events(account_id))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                alive, known = await self.store.heartbeat(self.id, HEARTBEAT_TTL_MS)
+                conns = [c for group in self.accounts.values() for c in group]
+                if alive and conns and known == 0:
+                    # Redis lost its data and was rebuilt: say again who is here.
+                    for conn in conns:
+                        await self.store.connect(
+                            conn.account_id, conn.role.value, conn.id, self.id, now_ms()
+                        )
+            except (ConnectionError, OSError, AstroqError) as exc:
+                log.warning("heartbeat failed: %r", exc)
+            await asyncio.sleep(HEARTBEAT_S)
+
+    # ---- one socket ---------------------------------------------------------------
+    def _origin_allowed(self, ws: WebSocket) -> bool:
+        origin = ws.headers.get("origin")
+        if origin is None:
+            return True  # not a browser
+        origin = origin.rstrip("/")
+        if origin in self.settings.allowed_origins:
+            return True
+        if self.settings.allowed_origins:
+            return False
+        return urlsplit(origin).netloc.lower() == ws.headers.get("host", "").lower()
+
+    async def _authenticate(self, ws: WebSocket) -> Claims | None:
+        header = ws.headers.get("authorization", "")
+        if header[:7].lower() == "bearer ":
+            await ws.accept()
+            try:
+                return self.tokens.decode(header[7:].strip(), TokenType.ACCESS)
+            except InvalidToken:
+                await ws.close(CloseCode.BAD_TOKEN)
+                return None
+        await ws.accept()
+        try:
+            text = await asyncio.wait_for(_receive_text(ws), AUTH_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            await ws.close(CloseCode.AUTH_TIMEOUT)
+            return None
+        if text is None:
+            return None
+        metrics.FRAMES.labels("auth").inc()
+        try:
+            frame = protocol.parse(text, None)
+            if not isinstance(frame, protocol.Auth):
+                raise InvalidToken("authenticate first")
+            return self.tokens.decode(frame.token, TokenType.ACCESS)
+        except (protocol.FrameError, InvalidToken):
+            await ws.close(CloseCode.BAD_TOKEN)
+            return None
+
+    async def serve(self, ws: WebSocket) -> None:
+        if not self._origin_allowed(ws):
+            await ws.close(CloseCode.POLICY_VIOLATION)  # before accept: HTTP 403
+            return
+        claims = await self._authenticate(ws)
+        if claims is None:
+            return
+        async with self.pool.acquire() as pg:
+            user = await db.user_by_id(pg, claims.user_id)
+        if user is None or user["role"] != claims.role:
+            await ws.close(CloseCode.ACCOUNT_GONE)
+            return
+        conn = Connection(ws, claims.user_id, claims.role, user["name"])
+        try:
+            await self._register(conn)
+        except (ConnectionError, OSError, AstroqError, asyncio.TimeoutError):
+            await self._unregister(conn, connected=False)
+            await ws.close(CloseCode.TRY_AGAIN_LATER)
+            return
+        metrics.SOCKETS.labels(conn.role.value).inc()
+        receiver = asyncio.create_task(self._receive(conn))
+        sender = asyncio.create_task(self._send(conn))
+        try:
+            await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (receiver, sender):
+                task.cancel()
+            await asyncio.gather(receiver, sender, return_exceptions=True)
+            metrics.SOCKETS.labels(conn.role.value).dec()
+            await self._unregister(conn, connected=True)
+            if ws.application_state != WebSocketState.DISCONNECTED:
+                try:
+                    await ws.close()
+                except (RuntimeError, OSError):
+                    pass
+
+    async def _register(self, conn: Connection) -> None:
+        group = self.accounts.setdefault(conn.account_id, set())
+        first = not group
+        group.add(conn)
+        if conn.role is Role.ADMIN:
+            self.admins.add(conn)
+        if first:
+            await self._subscribe(conn.account_id)
+        state, resumed = await self.store.connect(
+            conn.account_id, conn.role.value, conn.id, self.id, now_ms()
+        )
+        if conn.role is Role.ASTROLOGER:
+            for key in ("offers", "sessions"):
+                if not isinstance(state.get(key), list):
+                    state[key] = []
+        if resumed and (state.get("request") or state.get("session") or state.get("offers")):
+            metrics.RECONNECTS.inc()
+        conn.open_with(
+            {"type": "ready", "role": conn.role.value, "user_id": conn.account_id, "state": state}
+        )
+        if conn.role is Role.ADMIN:
+            conn.push_frame({"type": "stats", **await admin_stats(self.store, self.pool)})
+
+    async def _unregister(self, conn: Connection, connected: bool) -> None:
+        group = self.accounts.get(conn.account_id)
+        if group is not None:
+            group.discard(conn)
+            if not group:
+                del self.accounts[conn.account_id]
+                try:
+                    await self._unsubscribe(conn.account_id)
+                except (ConnectionError, OSError):
+                    pass
+        self.admins.discard(conn)
+        if connected:
+            try:
+                await self.store.disconnect(
+                    conn.account_id,
+                    conn.id,
+                    self.id,
+                    now_ms(),
+                    int(self.settings.reconnect_grace_s * 1000),
+                )
+            except (ConnectionError, OSError) as exc:
+                # The heartbeat stops covering this socket; the matcher's reaper
+                # cannot see it either, so the grace starts from the rebuild.
+                log.warning("could not record a disconnect: %r", exc)
+
+    async def _send(self, conn: Connection) -> None:
+        while True:
+            await conn.wakeup.wait()
+            conn.wakeup.clear()
+            if conn.overflowed:
+                await conn.ws.close(CloseCode.TRY_AGAIN_LATER)
+                return
+            while conn.outbox:
+                await conn.ws.send_text(conn.outbox.popleft())
+
+    async def _receive(self, conn: Connection) -> None:
+        bucket = TokenBucket(self.settings.ws_rate, self.settings.ws_burst)
+        limited_since: float | None = None
+        while True:
+            text = await _receive_text(conn.ws)
+            if text is None:
+                return
+            received = time.perf_counter()
+            if not bucket.take():
+                now = time.monotonic()
+                limited_since = limited_since or now
+                if now - limited_since >= RATE_LIMIT_CLOSE_S:
+                    await conn.ws.close(CloseCode.POLICY_VIOLATION)
+                    return
+                conn.push_frame(error_frame(RateLimited(), _ref_of(text)))
+                continue
+            limited_since = None
+            try:
+                frame = protocol.parse(text, conn.role)
+            except protocol.FrameError as exc:
+                metrics.FRAMES.labels(metrics.frame_label(exc.frame_type)).inc()
+                conn.push_frame(error_frame(exc.error, exc.ref))
+                continue
+            frame_type = protocol.frame_fields(frame)["type"]
+            metrics.FRAMES.labels(frame_type).inc()
+            if isinstance(frame, protocol.Ping):
+                conn.push_frame({"type": "pong", "ref": frame.ref} if frame.ref else {"type": "pong"})
+                continue
+            if isinstance(frame, protocol.Auth):
+                conn.push_frame(error_frame(InvalidInput("already authenticated"), frame.ref))
+                continue
+            await self._submit(conn, frame, received)
+
+    # ---- per-client queues ---------------------------------------------------------
+    async def _submit(self, conn: Connection, frame: protocol.ClientFrame, received: float) -> None:
+        item = orjson.dumps(
+            {
+                "op": uuid.uuid4().hex,
+                "sock": conn.id,
+                "uid": conn.account_id,
+                "role": conn.role.value,
+                "name": conn.name,
+                "t": received,
+                "f": protocol.frame_fields(frame),
+            }
+        )
+        try:
+            first = await self.store.enqueue(conn.account_id, item, self.id, QUEUE_LOCK_MS)
+        except (ConnectionError, OSError):
+            conn.push_frame(error_frame(Unavailable(), getattr(frame, "ref", None)))
+            return
+        if first is not None:
+            self._start_drainer(conn.account_id, first)
+        elif conn.account_id not in self.drainers:
+            # Another gateway holds this client's queue and drains it; should it
+            # have died holding the lock, pick the queue up once the lock lapses.
+            asyncio.get_running_loop().call_later(
+                QUEUE_LOCK_MS / 1000 + 0.1, self._adopt_queue, conn.account_id
+            )
+
+    def _start_drainer(self, account_id: str, first: bytes | None) -> None:
+        task = asyncio.create_task(self._drain(account_id, first))
+        self.drainers[account_id] = task
+
+    def _adopt_queue(self, account_id: str) -> None:
+        if account_id not in self.drainers and account_id in self.accounts:
+            self._start_drainer(account_id, None)
+
+    async def _drain(self, account_id: str, item: bytes | None) -> None:
+        try:
+            if item is None:
+                item = await self.store.next_frame(account_id, self.id, QUEUE_LOCK_MS)
+            while item is not None:
+                await self._apply(item)
+                item = await self.store.next_frame(account_id, self.id, QUEUE_LOCK_MS)
+        except (ConnectionError, OSError) as exc:
+            log.warning("client queue of %s stalled: %r", account_id, exc)
+        finally:
+            self.drainers.pop(account_id, None)
+
+    async def _apply(self, item: bytes) -> None:
+        data = orjson.loads(item)
+        op, socket_id, uid, role = data["op"], data["sock"], data["uid"], data["role"]
+        frame = protocol.frame_from_fields(data["f"])
+        ref = getattr(frame, "ref", None)
+        frame_type = protocol.frame_fields(frame)["type"]
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending_acks[op] = waiter
+        try:
+            await self._call(frame, uid, role, data["name"], socket_id, op)
+        except AstroqError as error:
+            self.pending_acks.pop(op, None)
+            await self._answer_error(uid, socket_id, error_frame(error, ref))
+        except (ConnectionError, OSError):
+            self.pending_acks.pop(op, None)
+            await self._answer_error(uid, socket_id, error_frame(Unavailable(), ref))
+        else:
+            try:
+                await asyncio.wait_for(waiter, ACK_WAIT_S)
+            except asyncio.TimeoutError:
+                self.pending_acks.pop(op, None)
+        metrics.FRAME_TIME.labels(frame_type).observe(time.perf_counter() - data["t"])
+
+    async def _call(
+        self, frame: protocol.ClientFrame, uid: str, role: str, name: str, socket_id: str, op: str
+    ) -> None:
+        now = now_ms()
+        match frame:
+            case protocol.Request(kind, astrologer_id, ref):
+                await self.store.request(
+                    uid,
+                    name,
+                    str(uuid.uuid4()),
+                    kind,
+                    astrologer_id,
+                    now,
+                    socket_id,
+                    op,
+                    ref,
+                    int(self.settings.max_wait_s * 1000),
+                )
+            case protocol.Cancel(request_id, ref):
+                await self.store.cancel(uid, request_id, now, socket_id, op, ref)
+            case protocol.Accept(offer_id, ref):
+                await self.store.answer(
+                    uid, offer_id, "accept", str(uuid.uuid4()), now, socket_id, op, ref
+                )
+            case protocol.Decline(offer_id, ref):
+                await self.store.answer(uid, offer_id, "decline", "", now, socket_id, op, ref)
+            case protocol.End(session_id, ref):
+                await self.store.end(uid, role, session_id, now, socket_id, op, ref)
+            case protocol.SetStatus(status, ref):
+                await self.store.set_status(uid, status, now, socket_id, op, ref)
+
+    async def _answer_error(self, uid: str, socket_id: str, frame: dict[str, Any]) -> None:
+        for conn in self.accounts.get(uid, ()):
+            if conn.id == socket_id:
+                conn.push_frame(frame)
+                return
+        # The socket lives on another gateway (this one drains the shared queue).
+        await self.redis.publish(self.keys.events(uid), frame_message(socket_id, "", frame))
+
+
+def _ref_of(text: str) -> str | None:
+    try:
+        ref = orjson.loads(text).get("ref")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return ref if isinstance(ref, str) and len(ref) <= protocol.MAX_REF_CHARS else None
+
+
+async def _receive_text(ws: WebSocket) -> str | None:
+    """The next text (or UTF-8 binary) frame, or None once the client has gone."""
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        if message.get("text") is not None:
+            return str(message["text"])
+        if message.get("bytes") is not None:
+            try:
+                return bytes(message["bytes"]).decode()
+            except UnicodeDecodeError:
+                return "\x00"  # answered as bad_json
+
+
+__all__ = ["Gateway", "WebSocketDisconnect"]
