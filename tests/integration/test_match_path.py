@@ -1,0 +1,95 @@
+"""The match path end to end (SPEC §4, §5): request, offer, accept, assigned, end."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.harness import Service
+
+
+async def test_whole_journey(service: Service) -> None:
+    astro = await service.astrologer("Vega")
+    user = await service.user("Sam")
+    console = await service.online(astro)
+    page = await service.connect(user)
+
+    ack = await page.call({"type": "request", "kind": "chat", "astrologer_id": None})
+    assert ack["type"] == "ack" and ack["request_id"]
+    request_id = ack["request_id"]
+    queued = await page.wait_for("queued")
+    assert queued["request_id"] == request_id and queued["position"] == 1
+
+    offer = await console.wait_for("offer")
+    assert offer["request_id"] == request_id
+    assert offer["kind"] == "chat" and offer["direct"] is False
+    assert offer["user"] == {"id": user.id, "name": "Sam"}
+    assert 0 < offer["expires_in"] <= service.settings.offer_timeout_s
+
+    accepted = await console.ok({"type": "accept", "offer_id": offer["offer_id"]})
+    session_id = accepted["session_id"]
+    at_console = await console.wait_for("assigned")
+    assert at_console == {
+        "type": "assigned",
+        "request_id": request_id,
+        "session_id": session_id,
+        "user": {"id": user.id, "name": "Sam"},
+    }
+    at_page = await page.wait_for("assigned")
+    assert at_page["astrologer"] == {"id": astro.id, "name": "Vega"}
+    assert at_page["session_id"] == session_id
+
+    await page.ok({"type": "end", "session_id": session_id})
+    for client in (page, console):
+        ended = await client.wait_for("session_ended")
+        assert ended == {"type": "session_ended", "session_id": session_id, "ended_by": "user"}
+
+    rows = await service.fetch("SELECT state, reason FROM requests WHERE id = $1", request_id)
+    assert [tuple(r) for r in rows] == [("assigned", None)]
+    rows = await service.fetch("SELECT outcome FROM offers WHERE request_id = $1", request_id)
+    assert [r["outcome"] for r in rows] == ["accepted"]
+    rows = await service.fetch("SELECT ended_by, ended_at IS NOT NULL AS ended FROM sessions")
+    assert [tuple(r) for r in rows] == [("user", True)]
+
+
+async def test_ack_precedes_what_it_causes(service: Service) -> None:
+    user = await service.user()
+    page = await service.connect(user)
+    await page.send({"type": "request", "kind": "call", "astrologer_id": None, "ref": "x"})
+    first = await page.next()
+    second = await page.next()
+    assert first["type"] == "ack" and first["ref"] == "x"
+    assert second["type"] == "queued" and second["eta_seconds"] is None  # nobody online
+
+
+async def test_request_is_in_postgres_before_its_ack(service: Service) -> None:
+    user = await service.user()
+    page = await service.connect(user)
+    ack = await page.ok({"type": "request", "kind": "chat", "astrologer_id": None})
+    rows = await service.fetch("SELECT state FROM requests WHERE id = $1", ack["request_id"])
+    assert [r["state"] for r in rows] == ["open"]
+
+
+async def test_positions_move_when_someone_ahead_cancels(service: Service) -> None:
+    users = [await service.user(f"u{i}") for i in range(3)]
+    pages = [await service.connect(u) for u in users]
+    ids = []
+    for page in pages:
+        ack = await page.ok({"type": "request", "kind": "chat", "astrologer_id": None})
+        ids.append(ack["request_id"])
+    assert [(await p.wait_for("queued"))["position"] for p in pages] == [1, 2, 3]
+    await pages[0].ok({"type": "cancel", "request_id": ids[0]})
+    cancelled = await pages[0].wait_for("cancelled")
+    assert cancelled["reason"] == "user"
+    assert (await pages[1].wait_for("position"))["position"] == 1
+    assert (await pages[2].wait_for("position"))["position"] == 2
+
+
+async def test_astrologer_online_wakes_the_matcher(service: Service) -> None:
+    user = await service.user()
+    page = await service.connect(user)
+    await page.ok({"type": "request", "kind": "chat", "astrologer_id": None})
+    await asyncio.sleep(0.3)
+    astro = await service.astrologer()
+    console = await service.online(astro)
+    offer = await console.wait_for("offer", timeout=2)
+    assert offer["user"]["id"] == user.id
