@@ -1,13 +1,107 @@
 """The flow-distribution algorithm: a pure function from a snapshot to a decision.
 
-(Interface only; the scheduling scheme is filled in below.)
+`decide` takes an immutable `FlowSnapshot` (the online astrologers with their load,
+the heads of the lines, the admin's top-flow setting and the carried `Stretch`) and
+returns every offer to make now plus the new `Stretch`. It does no I/O, keeps no
+state between calls and imports only the standard library, so the matcher loop and
+the simulator (`matcher/simulate.py`) run exactly the same code.
+
+Order of service (SPEC §5)
+--------------------------
+1. A free astrologer's own line first: its oldest direct requests while it has free
+   slots. Direct requests reach their astrologer even when it is top with
+   `top_flow` off or has `flow_enabled` false.
+2. Then the general line, oldest first. Each request goes to one *eligible*
+   astrologer: free (after the offers already made in this decision),
+   `flow_enabled`, not (`is_top` while `top_flow` is off), weight > 0, and not in
+   the request's `excluded` set. A request nobody eligible may take is skipped and
+   keeps its place; requests further back may still be offered. The loop stops as
+   soon as no free eligible astrologer is left, so a long line costs nothing.
+
+The fair scheme: WF2Q on assignment counts
+------------------------------------------
+SPEC §5 asks that, over any stretch in which a set of astrologers stays eligible
+and instantly free, each one's count of general assignments since the set became
+eligible stays within 1 of its weighted fair share ``total * w_i / W`` (W = sum of
+the effective weights). This is a unit-size packet scheduling problem, and the
+scheme used is WF2Q (Bennett & Zhang's worst-case fair weighted fair queueing)
+with every request a packet of size 1 and the fluid reference ("GPS") being the
+exact fair share:
+
+* an astrologer is *not ahead* when ``c_i <= total * w_i / W`` (its virtual start
+  ``c_i / w_i`` is not past the system's virtual time ``total / W``);
+* among the not-ahead candidates pick the smallest virtual finish
+  ``(c_i + 1) / w_i``; ties go to the one idle longest (smallest
+  ``idle_since_ms``; one that already got an offer in this decision counts as the
+  most recently served), then to the smaller id.
+
+Both bounds are strict, ``|c_i - total * w_i / W| < 1`` at every step:
+
+* *Upper*: i is only picked while ``c_i <= T w_i / W``; right after,
+  ``c_i + 1 - (T + 1) w_i / W <= 1 - w_i / W < 1``; while it is not picked its
+  share grows and its count does not.
+* *Lower*: the k-th assignment of i may start at step t once
+  ``(k - 1) W / w_i <= t - 1`` and must be done by step ``ceil(k W / w_i)``. For
+  any window of steps [a, b] the jobs that must fit inside it number fewer than
+  ``sum_i (b - a + 2) w_i / W = b - a + 2``, so at most ``b - a + 1``: the unit-job
+  system is feasible, and picking the earliest deadline among the released jobs
+  (EDF, which is what "smallest finish among not-ahead" is) meets every deadline.
+  The full argument is in docs/flow.md.
+
+Why not a simpler rule? Each of these breaks the within-1 bound:
+
+* *Stride scheduling / WFQ / D'Hondt* (smallest ``(c_i + 1) / w_i`` with no
+  not-ahead test): weights 5,1,1,1,1,1 give the heavy astrologer the first four
+  requests in a row, 2 above its share of 2 (upper quota violated).
+* *Least-loaded, weighted* (smallest ``c_i / w_i``, i.e. Adams / start-time fair
+  queueing): with the same weights the five light astrologers each take one
+  request while the heavy one waits, leaving it 2 below its share of 3.
+* *Least-loaded, unweighted* ignores the weights altogether.
+* *Weighted random* is fair only on average; its lag grows like the square root
+  of the total.
+
+Stretches and what resets them
+------------------------------
+`Stretch` holds the eligible set (`members`: sorted (id, effective weight) pairs,
+ignoring per-request exclusions), the counts since that set became eligible and
+their total. Whenever the free, flow-eligible set or an effective weight differs
+from `members` a new stretch begins with every count at zero. This happens between
+decisions (someone comes online, returns from break, finishes a session, the admin
+flips `top_flow`) and inside one (an offer fills an astrologer's last slot). A
+joiner therefore starts level with the others: no catch-up burst, no debt carried
+from an earlier stretch.
+
+Exclusions (a request declined by or expired at an astrologer is never offered to
+it again) are per request and may leave no not-ahead candidate; the request then
+goes to the remaining candidate with the smallest virtual finish. Only then can the
+bound be exceeded; the next stretch repairs nothing, by design.
+
+Exact arithmetic
+----------------
+Effective weights are floats and every float is an exact binary fraction, so all
+weights are scaled by the lowest common denominator into integers ``N_i``. The
+not-ahead test is the integer comparison ``c_i * sum(N) <= T * N_i``; heap keys for
+``x / N_i`` are ``(x << s) // N_i`` with ``2**s`` above any product ``N_i * N_j``,
+which orders distinct rationals strictly and equal ones equally. Floating error
+never decides a pick.
+
+Cost
+----
+One pass over the astrologers (build the eligible set, compare with `members`),
+then heaps: O(n + k log n) for k offers among n free astrologers, including the
+resets caused by filled slots.
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
+import itertools
+import operator
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Mapping
+from typing import Iterable, Mapping
 
 
 class TopFlow(StrEnum):
@@ -70,5 +164,380 @@ class Decision:
     stretch: Stretch
 
 
+def effective_weight(astrologer: Astrologer, top_flow: TopFlow | str, boost: float) -> float | None:
+    """The astrologer's weight in the general flow, or None when it takes no general requests.
+
+    Ignores load: a busy astrologer still has an effective weight. None when
+    `flow_enabled` is false, when it is top and `top_flow` is off, or when the
+    weight (times `boost` when top and `top_flow` is boost) is not a positive finite
+    number.
+    """
+    if not astrologer.flow_enabled:
+        return None
+    weight = astrologer.weight
+    if astrologer.is_top:
+        if top_flow == TopFlow.OFF:
+            return None
+        if top_flow == TopFlow.BOOST:
+            weight = weight * boost
+    if not (weight > 0 and math.isfinite(weight)):
+        return None
+    return weight
+
+
+def fair_shares(members: Iterable[tuple[str, float]], total: int) -> dict[str, float]:
+    """Each member's weighted fair share of `total` assignments (for reports and tests)."""
+    pairs = list(members)
+    weight_sum = sum(w for _, w in pairs)
+    return {aid: total * w / weight_sum for aid, w in pairs}
+
+
+_ID = operator.attrgetter("id")
+_WEIGHT = operator.attrgetter("weight")
+_IDLE = operator.attrgetter("idle_since_ms")
+
+
+def _eligible(
+    astrologers: Iterable[Astrologer], top_flow: TopFlow | str, boost: float
+) -> tuple[list[Astrologer], list[float]]:
+    """The free astrologers that take general requests, and their effective weights."""
+    if top_flow == TopFlow.OFF:
+        chosen = [a for a in astrologers if a.load < a.capacity and a.flow_enabled and not a.is_top]
+        weights = list(map(_WEIGHT, chosen))
+    elif top_flow == TopFlow.BOOST:
+        chosen = [a for a in astrologers if a.load < a.capacity and a.flow_enabled]
+        weights = [a.weight * boost if a.is_top else a.weight for a in chosen]
+    else:
+        chosen = [a for a in astrologers if a.load < a.capacity and a.flow_enabled]
+        weights = list(map(_WEIGHT, chosen))
+    # A NaN or an infinity makes the sum non-finite; min catches zero and negatives.
+    if weights and not (math.isfinite(sum(weights)) and min(weights) > 0):
+        keep = [k for k, w in enumerate(weights) if w > 0 and math.isfinite(w)]
+        chosen = [chosen[k] for k in keep]
+        weights = [weights[k] for k in keep]
+    return chosen, weights
+
+
+def _without(members: tuple[tuple[str, float], ...], gone: list[str]) -> tuple[tuple[str, float], ...]:
+    """`members` (sorted by id) without the ids in `gone`, by slicing rather than a scan."""
+    kept: list[tuple[tuple[str, float], ...]] = []
+    start = 0
+    for aid in sorted(gone):
+        at = bisect.bisect_left(members, (aid,), start)
+        kept.append(members[start:at])
+        start = at + 1
+    kept.append(members[start:])
+    return tuple(itertools.chain.from_iterable(kept))
+
+
+class _Fair:
+    """WF2Q over the members of the current stretch, for the rest of one decision.
+
+    The first pick of a fresh stretch (every count zero) is simply the heaviest
+    member, then the longest idle, then the smallest id: a single pass, no heaps.
+    Anything after that builds three heaps, in which each member sits in exactly
+    one; an entry whose version is not the member's current one is stale:
+
+    * ``zero``: count 0, so never ahead. Its finish ``1 / w`` orders like ``-w``,
+      which floats compare exactly, so entries are ``(-w, idle, id, version)``. It
+      survives resets (after one every member is back at count 0): a reset only
+      pushes back the members touched since the last one.
+    * ``ready``: count > 0, not ahead, ``(finish key, idle, id, version)``.
+    * ``ahead``: count > 0, ahead, ``(start key, id, version)``; moved to ``ready``
+      once the grown total makes them not ahead.
+
+    Keys of ``x / w`` are ``(x << shift) // N`` with N the weight scaled to an
+    integer; ``2**shift`` exceeds any product of two N, so distinct rationals get
+    distinct keys in the right order and equal ones equal keys.
+    """
+
+    def __init__(
+        self,
+        ids: list[str],
+        weights: list[float],
+        chosen: list[Astrologer],
+        counts: Mapping[str, int],
+        total: int,
+        served: dict[str, int],
+        order: dict[str, int],
+    ) -> None:
+        self.ids, self.weights, self.chosen = ids, weights, chosen
+        self.served = served  # offers made in this decision, per astrologer
+        # When each was last served in this decision: in idle ties it then ranks
+        # after everyone not served, in that order (see idle_of).
+        self.order = order
+        self.late = 0
+        self.total = total
+        self.counts: dict[str, int] = {aid: c for aid, c in counts.items() if c > 0} if counts else {}
+        self.removed: list[str] = []  # members filled in this decision; each began a new stretch
+        self.left = len(ids)  # members still in the stretch
+        self.built = False
+        self.fast: Astrologer | None = None  # the first pick's astrologer, before any heap
+        if self.counts:
+            self._build()
+
+    def _build(self) -> None:
+        ids, weights, gone = self.ids, self.weights, set(self.removed)
+        weight_of = dict(zip(ids, weights))
+        astrologer_of = dict(zip(ids, self.chosen))
+        for aid in gone:
+            del weight_of[aid]
+        self.counts = {aid: c for aid, c in self.counts.items() if aid in weight_of}
+        ratios = {w: w.as_integer_ratio() for w in set(weight_of.values())}
+        denominator = 1
+        for _, d in ratios.values():
+            denominator = math.lcm(denominator, d)
+        scaled = {w: n * (denominator // d) for w, (n, d) in ratios.items()}
+        self.shift = shift = 2 * max(scaled.values()).bit_length() + 2
+        self.scaled = scaled
+        self.weight_of = weight_of
+        self.astrologer_of = astrologer_of
+        self.weight_sum = weight_sum = sum(map(scaled.__getitem__, weight_of.values()))
+        self.version: dict[str, int] = {}
+        counts, total = self.counts, self.total
+        idles = list(map(_IDLE, self.chosen))
+        self.late = max(idles) + 1
+        if self.order:
+            idles = [self.idle_of(aid) for aid in ids]
+        zero = list(zip(map(operator.neg, weights), idles, ids, itertools.repeat(0)))
+        if counts or gone:
+            zero = [entry for entry in zero if entry[2] in weight_of and entry[2] not in counts]
+        ready: list[tuple[int, int, str, int]] = []
+        ahead: list[tuple[int, str, int]] = []
+        for aid, c in counts.items():
+            n = scaled[weight_of[aid]]
+            if c * weight_sum <= total * n:
+                ready.append((((c + 1) << shift) // n, self.idle_of(aid), aid, 0))
+            else:
+                ahead.append(((c << shift) // n, aid, 0))
+        heapq.heapify(zero)
+        heapq.heapify(ready)
+        heapq.heapify(ahead)
+        self.zero, self.ready, self.ahead = zero, ready, ahead
+        self.built = True
+
+    def __bool__(self) -> bool:
+        return self.left > 0
+
+    def idle_of(self, aid: str) -> int:
+        """Idle rank: smaller is idle longer; served in this decision ranks last."""
+        served_at = self.order.get(aid)
+        return self.astrologer_of[aid].idle_since_ms if served_at is None else self.late + served_at
+
+    def covers(self, excluded: frozenset[str]) -> bool:
+        """Whether `excluded` names every member (nobody may take that request)."""
+        if len(excluded) < self.left:
+            return False
+        if self.built:
+            return all(aid in excluded for aid in self.weight_of)
+        gone = self.removed
+        return all(aid in excluded or aid in gone for aid in self.ids)
+
+    def _top(self, heap: list, excluded: frozenset[str], stash: list) -> tuple | None:
+        """The best current entry not excluded; stale ones are dropped, excluded ones stashed."""
+        version, weight_of = self.version, self.weight_of
+        while heap:
+            entry = heap[0]
+            aid = entry[2]
+            if aid not in weight_of or version.get(aid, 0) != entry[3]:
+                heapq.heappop(heap)
+            elif aid in excluded:
+                stash.append(heapq.heappop(heap))
+            else:
+                return entry
+        return None
+
+    def pick(self, excluded: frozenset[str]) -> str | None:
+        """Choose the member for one general request, or None when all are excluded.
+
+        The chosen member's heap entry is left in place: `assign` makes it stale.
+        """
+        if not self.built:
+            if not self.counts and not self.removed and not self.order:
+                # Fresh stretch, first pick: the smallest (-w, idle, id).
+                entries = zip(map(operator.neg, self.weights), map(_IDLE, self.chosen), self.ids, self.chosen)
+                if excluded:
+                    entries = (e for e in entries if e[2] not in excluded)  # type: ignore[assignment]
+                best = min(entries, default=None)
+                if best is None:
+                    return None
+                self.fast = best[3]
+                return best[2]
+            self._build()
+        version, counts, weight_of, scaled = self.version, self.counts, self.weight_of, self.scaled
+        ahead = self.ahead
+        if ahead:
+            total, weight_sum, shift = self.total, self.weight_sum, self.shift
+            while ahead:
+                _, aid, ver = ahead[0]
+                if aid not in weight_of or version.get(aid, 0) != ver:
+                    heapq.heappop(ahead)
+                    continue
+                c = counts[aid]
+                n = scaled[weight_of[aid]]
+                if c * weight_sum > total * n:
+                    break
+                heapq.heappop(ahead)
+                heapq.heappush(self.ready, (((c + 1) << shift) // n, self.idle_of(aid), aid, ver))
+
+        stash_zero: list = []
+        stash_ready: list = []
+        best_zero = self._top(self.zero, excluded, stash_zero) if self.zero else None
+        best_ready = self._top(self.ready, excluded, stash_ready) if self.ready else None
+        if best_zero is not None and best_ready is not None:
+            # Finish 1 / w_z against (c + 1) / w_r, exactly, then idle and id.
+            r_aid = best_ready[2]
+            lhs = scaled[weight_of[r_aid]]
+            rhs = (counts[r_aid] + 1) * scaled[-best_zero[0]]
+            if lhs < rhs or (lhs == rhs and best_zero[1:3] < best_ready[1:3]):
+                best_ready = None
+            else:
+                best_zero = None
+        for entry in stash_zero:
+            heapq.heappush(self.zero, entry)
+        for entry in stash_ready:
+            heapq.heappush(self.ready, entry)
+        if best_zero is not None:
+            return best_zero[2]
+        if best_ready is not None:
+            return best_ready[2]
+        return self._fallback(excluded)
+
+    def _fallback(self, excluded: frozenset[str]) -> str | None:
+        """Every not-ahead member is excluded: smallest finish among the rest (rare)."""
+        best: tuple[int, int, str] | None = None
+        for aid, c in self.counts.items():
+            if aid in excluded:
+                continue
+            key = (((c + 1) << self.shift) // self.scaled[self.weight_of[aid]], self.idle_of(aid), aid)
+            if best is None or key < best:
+                best = key
+        return None if best is None else best[2]
+
+    def assign(self, aid: str, served_at: int) -> None:
+        """Record one general assignment to `aid`, now the most recently served."""
+        self.order[aid] = served_at
+        idle = self.late + served_at
+        served = self.served[aid] = self.served.get(aid, 0) + 1
+        if not self.built:
+            # The first pick of a fresh stretch: bookkeeping only, heaps come later.
+            a = self.fast
+            self.fast = None
+            if a is None or a.id != aid:
+                raise RuntimeError("assign without a matching pick")
+            if a.load + served >= a.capacity:
+                self.removed.append(aid)
+                self.left -= 1
+            else:
+                self.counts[aid] = 1
+                self.total = 1
+            return
+        version = self.version[aid] = self.version.get(aid, 0) + 1
+        a = self.astrologer_of[aid]
+        if a.load + served >= a.capacity:
+            self._remove_and_reset(aid)
+            return
+        c = self.counts[aid] = self.counts.get(aid, 0) + 1
+        self.total += 1
+        n = self.scaled[self.weight_of[aid]]
+        if c * self.weight_sum <= self.total * n:
+            heapq.heappush(self.ready, (((c + 1) << self.shift) // n, idle, aid, version))
+        else:
+            heapq.heappush(self.ahead, ((c << self.shift) // n, aid, version))
+
+    def _remove_and_reset(self, gone: str) -> None:
+        # The eligible set changed: a new stretch starts with every count at zero.
+        self.removed.append(gone)
+        self.left -= 1
+        self.weight_sum -= self.scaled[self.weight_of.pop(gone)]
+        touched = [aid for aid in self.counts if aid != gone]
+        self.counts = {}
+        self.total = 0
+        self.ready = []
+        self.ahead = []
+        version = self.version
+        if len(touched) * 4 > len(self.weight_of):
+            self.zero = [(-w, self.idle_of(aid), aid, version.get(aid, 0)) for aid, w in self.weight_of.items()]
+            heapq.heapify(self.zero)
+            return
+        for aid in touched:
+            v = version[aid] = version.get(aid, 0) + 1
+            heapq.heappush(self.zero, (-self.weight_of[aid], self.idle_of(aid), aid, v))
+
+
 def decide(snapshot: FlowSnapshot) -> Decision:
-    raise NotImplementedError
+    """All offers to make now, and the stretch after them.
+
+    Invariants (tested in tests/unit/test_flow*.py):
+
+    * no astrologer gets more offers than ``capacity - load``;
+    * direct requests go only to their own astrologer, oldest first, before any
+      general request is offered to it;
+    * general requests are offered oldest first: the offered ones are a prefix of
+      those not skipped for exclusions, and a request never goes to an astrologer
+      in its `excluded` set;
+    * over a stretch the general counts stay strictly within 1 of the weighted fair
+      share (see the module docstring);
+    * the same snapshot always gives the same decision.
+
+    `general` and each `direct` line must be oldest first. Only their heads need be
+    passed: at most the free slots, plus the requests carrying exclusions, can be
+    offered.
+    """
+    astrologers: Iterable[Astrologer] = snapshot.astrologers
+    offers: list[Offer] = []
+    served: dict[str, int] = {}  # offers made in this decision, per astrologer
+    order: dict[str, int] = {}  # when each was last served in this decision
+
+    # 1. Each free astrologer's own line first.
+    direct = snapshot.direct
+    if direct and any(direct.values()):
+        by_id = {a.id: a for a in astrologers if a.load < a.capacity}
+        for aid in sorted(direct):
+            a = by_id.get(aid)
+            if a is None:
+                continue
+            room = a.capacity - a.load
+            given = 0
+            for waiting in direct[aid]:
+                if given == room:
+                    break
+                if aid not in waiting.excluded:
+                    offers.append(Offer(waiting.request_id, aid, True))
+                    given += 1
+            if given:
+                served[aid] = given
+                order[aid] = len(offers)
+        if served:
+            astrologers = [a for a in by_id.values() if served.get(a.id, 0) < a.capacity - a.load]
+
+    # 2. The eligible set for the general line, and whether the stretch carries on.
+    chosen, weights = _eligible(astrologers, snapshot.top_flow, snapshot.boost)
+    ids = list(map(_ID, chosen))
+    members = tuple(sorted(zip(ids, weights)))
+    stretch = snapshot.stretch
+    carried = members == stretch.members
+    general = snapshot.general
+    if not members or not general:
+        if carried:
+            return Decision(tuple(offers), stretch)
+        return Decision(tuple(offers), Stretch(members, {}, 0))
+
+    # 3. The general line, oldest first, by WF2Q.
+    counts, total = (stretch.counts, stretch.total) if carried else ({}, 0)
+    fair = _Fair(ids, weights, chosen, counts, total, served, order)
+    for waiting in general:
+        if not fair:
+            break
+        excluded = waiting.excluded
+        if excluded and fair.covers(excluded):
+            continue
+        aid = fair.pick(excluded)
+        if aid is None:
+            continue
+        offers.append(Offer(waiting.request_id, aid, False))
+        fair.assign(aid, len(offers))
+
+    if fair.removed:
+        members = _without(members, fair.removed)
+    return Decision(tuple(offers), Stretch(members, fair.counts, fair.total))

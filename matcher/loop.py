@@ -210,13 +210,16 @@ class Matcher:
                     last_id = entries[-1][0]
                     changed = True
                 if now_ms() >= next_due_ms:
-                    next_due_ms, more = await self.store.timers(
-                        self.token, now_ms(), self.settings.max_missed, 500
+                    due_in_ms, more = await self.store.timers(
+                        self.token, self.settings.max_missed, 500
                     )
+                    # Redis' clock sets the deadlines; only the distance is used here,
+                    # so a skewed local clock cannot make timers fire early or late.
                     if more:
-                        next_due_ms = now_ms()
-                    elif next_due_ms < 0:
-                        next_due_ms = now_ms() + int(MAX_BLOCK_S * 1000)
+                        due_in_ms = 0
+                    elif due_in_ms < 0:
+                        due_in_ms = int(MAX_BLOCK_S * 1000)
+                    next_due_ms = now_ms() + due_in_ms
                 if changed:
                     await self.decide()
                     positions_dirty = stats_dirty = True
@@ -231,7 +234,7 @@ class Matcher:
                         await self._publish_stats(lines["data"])
                 if clock >= reap_due:
                     reap_due = clock + REAP_EVERY_S
-                    await self.store.reap(self.token, now_ms(), self._grace_ms)
+                    await self.store.reap(self.token, self._grace_ms)
                     stats_dirty = True
                 backoff_s = 0.05
             except Fenced:
@@ -265,7 +268,6 @@ class Matcher:
         if decision.offers or data["stretch"] != _stretch_json(decision.stretch).decode():
             made = await self.store.commit(
                 self.token,
-                now_ms(),
                 int(self.settings.offer_timeout_s * 1000),
                 _stretch_json(decision.stretch),
                 [

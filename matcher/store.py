@@ -88,7 +88,6 @@ class Store:
         request_id: str,
         kind: str,
         astrologer_id: str | None,
-        now_ms: int,
         socket_id: str,
         op: str,
         ref: str | None,
@@ -102,7 +101,6 @@ class Store:
                 request_id,
                 kind,
                 astrologer_id or "",
-                now_ms,
                 socket_id,
                 op,
                 orjson.dumps(ref),
@@ -111,13 +109,9 @@ class Store:
         )
 
     async def cancel(
-        self, user_id: str, request_id: str, now_ms: int, socket_id: str, op: str, ref: str | None
+        self, user_id: str, request_id: str, socket_id: str, op: str, ref: str | None
     ) -> None:
-        _check(
-            await self._match(
-                "cancel", user_id, request_id, now_ms, socket_id, op, orjson.dumps(ref)
-            )
-        )
+        _check(await self._match("cancel", user_id, request_id, socket_id, op, orjson.dumps(ref)))
 
     async def answer(
         self,
@@ -125,7 +119,6 @@ class Store:
         offer_id: str,
         verb: str,
         session_id: str,
-        now_ms: int,
         socket_id: str,
         op: str,
         ref: str | None,
@@ -137,7 +130,6 @@ class Store:
                 offer_id,
                 verb,
                 session_id,
-                now_ms,
                 socket_id,
                 op,
                 orjson.dumps(ref),
@@ -149,41 +141,32 @@ class Store:
         account_id: str,
         role: str,
         session_id: str,
-        now_ms: int,
         socket_id: str,
         op: str,
         ref: str | None,
     ) -> None:
         _check(
-            await self._match(
-                "end", account_id, role, session_id, now_ms, socket_id, op, orjson.dumps(ref)
-            )
+            await self._match("end", account_id, role, session_id, socket_id, op, orjson.dumps(ref))
         )
 
     async def set_status(
-        self, astrologer_id: str, status: str, now_ms: int, socket_id: str, op: str, ref: str | None
+        self, astrologer_id: str, status: str, socket_id: str, op: str, ref: str | None
     ) -> None:
         _check(
-            await self._match(
-                "status", astrologer_id, status, now_ms, socket_id, op, orjson.dumps(ref)
-            )
+            await self._match("status", astrologer_id, status, socket_id, op, orjson.dumps(ref))
         )
 
     # ---- presence (gateway) -------------------------------------------------
     async def connect(
-        self, account_id: str, role: str, socket_id: str, gateway_id: str, now_ms: int
+        self, account_id: str, role: str, socket_id: str, gateway_id: str
     ) -> tuple[dict[str, Any], bool]:
-        reply = _check(
-            await self._match("connect", account_id, role, socket_id, gateway_id, now_ms)
-        )
+        reply = _check(await self._match("connect", account_id, role, socket_id, gateway_id))
         return orjson.loads(reply[1]), bool(int(reply[2]))
 
     async def disconnect(
-        self, account_id: str, socket_id: str, gateway_id: str, now_ms: int, grace_ms: int
+        self, account_id: str, socket_id: str, gateway_id: str, grace_ms: int
     ) -> int:
-        return int(
-            await self._match("disconnect", account_id, socket_id, gateway_id, now_ms, grace_ms)
-        )
+        return int(await self._match("disconnect", account_id, socket_id, gateway_id, grace_ms))
 
     async def heartbeat(self, gateway_id: str, ttl_ms: int) -> tuple[bool, int]:
         alive, sockets = await self._match("heartbeat", gateway_id, ttl_ms)
@@ -243,22 +226,22 @@ class Store:
     async def commit(
         self,
         token: str,
-        now_ms: int,
         offer_timeout_ms: int,
         stretch: bytes,
         offers: Sequence[tuple[str, str, str, bool]],
     ) -> int:
-        args: list[Any] = [token, now_ms, offer_timeout_ms, stretch]
+        args: list[Any] = [token, offer_timeout_ms, stretch]
         for offer_id, request_id, astrologer_id, direct in offers:
             args += [offer_id, request_id, astrologer_id, "1" if direct else "0"]
         return int(_check(await self._match("commit", *args))[1])
 
-    async def timers(self, token: str, now_ms: int, max_missed: int, limit: int) -> tuple[int, bool]:
-        reply = _check(await self._match("timers", token, now_ms, max_missed, limit))
+    async def timers(self, token: str, max_missed: int, limit: int) -> tuple[int, bool]:
+        """Ends what is due; returns (ms until the next due time or -1, more already due)."""
+        reply = _check(await self._match("timers", token, max_missed, limit))
         return int(_text(reply[1])), bool(int(reply[2]))
 
-    async def reap(self, token: str, now_ms: int, grace_ms: int) -> int:
-        return int(_check(await self._match("reap", token, now_ms, grace_ms))[1])
+    async def reap(self, token: str, grace_ms: int) -> int:
+        return int(_check(await self._match("reap", token, grace_ms))[1])
 
     async def lines(self) -> dict[str, Any]:
         return orjson.loads(await self._match("lines"))

@@ -45,10 +45,6 @@ HEARTBEAT_S = 1.0
 HEARTBEAT_TTL_MS = 5_000  # a gateway silent for this long is dead: its sockets start their grace
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class TokenBucket:
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
@@ -199,9 +195,7 @@ class Gateway:
                 if alive and conns and known == 0:
                     # Redis lost its data and was rebuilt: say again who is here.
                     for conn in conns:
-                        await self.store.connect(
-                            conn.account_id, conn.role.value, conn.id, self.id, now_ms()
-                        )
+                        await self.store.connect(conn.account_id, conn.role.value, conn.id, self.id)
             except (ConnectionError, OSError, AstroqError) as exc:
                 log.warning("heartbeat failed: %r", exc)
             await asyncio.sleep(HEARTBEAT_S)
@@ -289,9 +283,7 @@ class Gateway:
             self.admins.add(conn)
         if first:
             await self._subscribe(conn.account_id)
-        state, resumed = await self.store.connect(
-            conn.account_id, conn.role.value, conn.id, self.id, now_ms()
-        )
+        state, resumed = await self.store.connect(conn.account_id, conn.role.value, conn.id, self.id)
         if conn.role is Role.ASTROLOGER:
             for key in ("offers", "sessions"):
                 if not isinstance(state.get(key), list):
@@ -321,7 +313,6 @@ class Gateway:
                     conn.account_id,
                     conn.id,
                     self.id,
-                    now_ms(),
                     int(self.settings.reconnect_grace_s * 1000),
                 )
             except (ConnectionError, OSError) as exc:
@@ -445,7 +436,6 @@ class Gateway:
     async def _call(
         self, frame: protocol.ClientFrame, uid: str, role: str, name: str, socket_id: str, op: str
     ) -> None:
-        now = now_ms()
         match frame:
             case protocol.Request(kind, astrologer_id, ref):
                 await self.store.request(
@@ -454,24 +444,21 @@ class Gateway:
                     str(uuid.uuid4()),
                     kind,
                     astrologer_id,
-                    now,
                     socket_id,
                     op,
                     ref,
                     int(self.settings.max_wait_s * 1000),
                 )
             case protocol.Cancel(request_id, ref):
-                await self.store.cancel(uid, request_id, now, socket_id, op, ref)
+                await self.store.cancel(uid, request_id, socket_id, op, ref)
             case protocol.Accept(offer_id, ref):
-                await self.store.answer(
-                    uid, offer_id, "accept", str(uuid.uuid4()), now, socket_id, op, ref
-                )
+                await self.store.answer(uid, offer_id, "accept", str(uuid.uuid4()), socket_id, op, ref)
             case protocol.Decline(offer_id, ref):
-                await self.store.answer(uid, offer_id, "decline", "", now, socket_id, op, ref)
+                await self.store.answer(uid, offer_id, "decline", "", socket_id, op, ref)
             case protocol.End(session_id, ref):
-                await self.store.end(uid, role, session_id, now, socket_id, op, ref)
+                await self.store.end(uid, role, session_id, socket_id, op, ref)
             case protocol.SetStatus(status, ref):
-                await self.store.set_status(uid, status, now, socket_id, op, ref)
+                await self.store.set_status(uid, status, socket_id, op, ref)
 
     async def _answer_error(self, uid: str, socket_id: str, frame: dict[str, Any]) -> None:
         for conn in self.accounts.get(uid, ()):

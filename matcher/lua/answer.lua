@@ -1,12 +1,12 @@
 -- answer.lua: an astrologer accepts or declines an offer.
 -- KEYS[1] match base
 -- ARGV[1] astrologer id  ARGV[2] offer id  ARGV[3] 'accept' | 'decline'
--- ARGV[4] new session id ARGV[5] now (ms)  ARGV[6] socket  ARGV[7] op  ARGV[8] ref (JSON)
+-- ARGV[4] new session id ARGV[5] socket  ARGV[6] op  ARGV[7] ref (JSON)
 -- Returns {'ok'} or {'err', code}: unavailable | not_found (never this astrologer's)
 --   | offer_expired (it was, but it expired, was withdrawn or already answered).
 -- Race: the offer timer and the answer both run as scripts; whichever runs
 -- first wins, and the loser sees the offer gone (offer_expired).
-local aid, oid, verb, sid, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local aid, oid, verb, sid, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], clock_ms()
 if not require_alive() then return err('unavailable') end
 local offer = hgetall(k('offer:' .. oid))
 if not offer.rid then
@@ -21,7 +21,7 @@ if not req.user then return err('offer_expired') end
 local a = k('ast:' .. aid)
 redis.call('HSET', a, 'missed', 0)
 if verb == 'decline' then
-  ack(aid, ARGV[6], ARGV[7], ARGV[8])
+  ack(aid, ARGV[5], ARGV[6], ARGV[7])
   close_offer(oid, offer, 'declined', now)
   add_load(aid, -1)
   if req.aid == '' then
@@ -34,7 +34,7 @@ if verb == 'decline' then
 end
 -- accept: the offer's capacity slot becomes the session's.
 local aname = redis.call('HGET', a, 'name')
-ack(aid, ARGV[6], ARGV[7], ARGV[8], {session_id = sid})
+ack(aid, ARGV[5], ARGV[6], ARGV[7], {session_id = sid})
 close_offer(oid, offer, 'accepted', now)
 end_request(rid, req, 'assigned', '', now)
 redis.call('HSET', k('user:' .. req.user), 'sess', sid)

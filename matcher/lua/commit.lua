@@ -1,17 +1,17 @@
 -- commit.lua: makes the offers the flow algorithm decided, each re-checked.
 -- KEYS[1] match base
--- ARGV[1] fencing token  ARGV[2] now (ms)  ARGV[3] offer timeout (ms)
--- ARGV[4] the flow algorithm's new state (JSON, stored as is)
--- ARGV[5..] groups of four: offer id, request id, astrologer id, direct ('1' | '0')
+-- ARGV[1] fencing token  ARGV[2] offer timeout (ms)
+-- ARGV[3] the flow algorithm's new state (JSON, stored as is)
+-- ARGV[4..] groups of four: offer id, request id, astrologer id, direct ('1' | '0')
 -- Returns {'ok', offers made} or {'err', 'fenced' | 'unavailable'}.
 -- The snapshot was read in an earlier script, so the world may have moved
 -- (a cancel, a status change): an offer whose request no longer waits or whose
 -- astrologer is no longer free is skipped, and the next pass decides again.
 if redis.call('GET', k('fence')) ~= ARGV[1] then return err('fenced') end
 if not require_alive() then return err('unavailable') end
-local now, timeout_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, timeout_ms = clock_ms(), tonumber(ARGV[2])
 local made = 0
-for i = 5, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
   local oid, rid, aid, direct = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local req = hgetall(k('req:' .. rid))
   local a = redis.call('HMGET', k('ast:' .. aid), 'status', 'capacity', 'load')
@@ -36,6 +36,6 @@ for i = 5, #ARGV, 4 do
     made = made + 1
   end
 end
-redis.call('SET', k('stretch'), ARGV[4])
+redis.call('SET', k('stretch'), ARGV[3])
 flush()
 return {'ok', made}

@@ -1,9 +1,9 @@
 -- end.lua: either side ends a session.
 -- KEYS[1] match base
--- ARGV[1] sender id  ARGV[2] 'user' | 'astrologer'  ARGV[3] session id  ARGV[4] now (ms)
--- ARGV[5] socket  ARGV[6] op  ARGV[7] ref (JSON)
+-- ARGV[1] sender id  ARGV[2] 'user' | 'astrologer'  ARGV[3] session id
+-- ARGV[4] socket  ARGV[5] op  ARGV[6] ref (JSON)
 -- Returns {'ok'} or {'err', code}: unavailable | not_found | already_ended
-local uid, role, sid, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local uid, role, sid, now = ARGV[1], ARGV[2], ARGV[3], clock_ms()
 if not require_alive() then return err('unavailable') end
 local s = hgetall(k('sess:' .. sid))
 if not s.rid then
@@ -17,7 +17,7 @@ end
 if (role == 'user' and s.user ~= uid) or (role == 'astrologer' and s.aid ~= uid) then
   return err('not_found')
 end
-ack(uid, ARGV[5], ARGV[6], ARGV[7])
+ack(uid, ARGV[4], ARGV[5], ARGV[6])
 redis.call('DEL', k('sess:' .. sid))
 redis.call('SET', k('sessdone:' .. sid), s.user .. ' ' .. s.aid, 'PX', 3600000)
 redis.call('SREM', k('astsess:' .. s.aid), sid)

@@ -32,6 +32,14 @@
 -- Nothing is shown to a client before its transition is in PostgreSQL.
 
 local BASE = KEYS[1]
+
+-- Every time recorded comes from Redis' clock: scripts run one at a time, so
+-- the record's times follow the order in which the transitions happened,
+-- whichever process asked for them.
+local function clock_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local function k(name) return BASE .. ':' .. name end
 
 local OUT = {pg = {}, ev = {}, m = {}}

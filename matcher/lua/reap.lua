@@ -1,9 +1,9 @@
 -- reap.lua: a gateway stopped heartbeating (it died): its sockets are gone.
 -- KEYS[1] match base
--- ARGV[1] fencing token  ARGV[2] now (ms)  ARGV[3] grace (ms)
+-- ARGV[1] fencing token  ARGV[2] grace (ms)
 -- Returns {'ok', gateways reaped}. Each account left without a socket starts its grace.
 if redis.call('GET', k('fence')) ~= ARGV[1] then return err('fenced') end
-local now, grace_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, grace_ms = clock_ms(), tonumber(ARGV[2])
 local reaped = 0
 for _, gw in ipairs(redis.call('SMEMBERS', k('gws'))) do
   if redis.call('EXISTS', k('gw:' .. gw)) == 0 then

@@ -2,11 +2,11 @@
 -- KEYS[1] match base
 -- ARGV[1] user id        ARGV[2] user name     ARGV[3] new request id
 -- ARGV[4] kind           ARGV[5] astrologer id ('' = general line)
--- ARGV[6] now (ms)       ARGV[7] socket id     ARGV[8] op handle
--- ARGV[9] ref (JSON)     ARGV[10] max wait (ms, 0 = none)
+-- ARGV[6] socket id      ARGV[7] op handle     ARGV[8] ref (JSON)
+-- ARGV[9] max wait (ms, 0 = none)
 -- Returns {'ok'} or {'err', code}: unavailable | already_open | not_found | astrologer_offline
 local uid, uname, rid, kind, aid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local now, max_wait_ms = tonumber(ARGV[6]), tonumber(ARGV[10])
+local now, max_wait_ms = clock_ms(), tonumber(ARGV[9])
 if not require_alive() then return err('unavailable') end
 if redis.call('EXISTS', k('user:' .. uid)) == 1 then return err('already_open') end
 if aid ~= '' then
@@ -26,7 +26,7 @@ if max_wait_ms > 0 then redis.call('ZADD', k('deadline:wait'), now + max_wait_ms
 local position = position_of(req)
 local eta = eta_of(req, position)
 pg('req', {id = rid, user = uid, kind = kind, aid = aid, seq = seq, at = now})
-ack(uid, ARGV[7], ARGV[8], ARGV[9], {request_id = rid})
+ack(uid, ARGV[6], ARGV[7], ARGV[8], {request_id = rid})
 emit(uid, {type = 'queued', request_id = rid, position = position, eta_seconds = eta})
 metric('pos', rid, position)
 flush()

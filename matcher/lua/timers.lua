@@ -1,11 +1,11 @@
 -- timers.lua: ends what is due: offers not answered, graces run out, waits too long.
 -- KEYS[1] match base
--- ARGV[1] fencing token  ARGV[2] now (ms)  ARGV[3] missed offers before break
--- ARGV[4] most items of each kind to handle in this call
--- Returns {'ok', next due time in ms (-1 = none), more (0|1)} or {'err', 'fenced' | 'unavailable'}.
+-- ARGV[1] fencing token  ARGV[2] missed offers before break
+-- ARGV[3] most items of each kind to handle in this call
+-- Returns {'ok', ms until the next due time (-1 = none), more (0|1)} or {'err', 'fenced' | 'unavailable'}.
 if redis.call('GET', k('fence')) ~= ARGV[1] then return err('fenced') end
 if not require_alive() then return err('unavailable') end
-local now, max_missed, limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, max_missed, limit = clock_ms(), tonumber(ARGV[2]), tonumber(ARGV[3])
 local more = 0
 
 local due = redis.call('ZRANGEBYSCORE', k('deadline:offers'), '-inf', now, 'LIMIT', 0, limit)
@@ -73,4 +73,5 @@ for _, name in ipairs({'deadline:offers', 'deadline:grace', 'deadline:wait'}) do
     if next_due < 0 or at < next_due then next_due = at end
   end
 end
+if next_due >= 0 then next_due = math.max(0, next_due - now) end
 return {'ok', tostring(next_due), more}
