@@ -5,6 +5,7 @@ WebSocket sessions to two upstreams.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -14,10 +15,11 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from websockets.sync.client import connect
@@ -69,7 +71,12 @@ def render_config(workdir: Path, upstream_ports: list[int], listen_port: int) ->
     sub(r"^user\s+[^;]+;", "user root;" if os.geteuid() == 0 else "")
     sub(r"^pid\s+[^;]+;", f"pid {workdir}/nginx.pid;")
     sub(r"^error_log\s+[^;]+;", f"error_log {workdir}/error.log info;")
-    sub(r"^(\s*)access_log\s+[^;]+;", rf"\1access_log {workdir}/access.log;")
+    # Which upstream served each request, so a test can tell the gateways apart.
+    sub(
+        r"^(\s*)access_log\s+[^;]+;",
+        rf"\1log_format upstreams '$request_uri $status $upstream_addr';\n"
+        rf"\1access_log {workdir}/access.log upstreams;",
+    )
     sub(r"^(\s*)listen\s+80;", rf"\1listen 127.0.0.1:{listen_port};")
     ports = iter(upstream_ports)
     text, count = re.subn(r"server\s+gateway\d+:8000", lambda _: f"server 127.0.0.1:{next(ports)}", text)
@@ -91,28 +98,56 @@ def nginx_test(config: Path, workdir: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+class Nginx:
+    """nginx in the foreground on a free port, in front of the given upstreams."""
+
+    def __init__(self, workdir: Path, upstream_ports: list[int]) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.config = render_config(workdir, upstream_ports, self.port)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Blocks until nginx listens; async tests call it in a thread."""
+        check = nginx_test(self.config, self.workdir)
+        assert check.returncode == 0, check.stderr
+        with (self.workdir / "nginx.out").open("wb") as out:
+            self.process = subprocess.Popen(
+                [nginx_binary(), "-p", str(self.workdir), "-c", str(self.config), "-g", "daemon off;"],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        wait_for_port(self.port, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def upstreams(self, path: str, count: int, timeout_s: float = 10) -> list[str]:
+        """Upstream addresses of the first `count` logged requests for `path`
+        (a WebSocket is logged when it closes)."""
+        log = self.workdir / "access.log"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lines = log.read_text().splitlines() if log.exists() else []
+            found = [line.split()[2] for line in lines if line.split()[0] == path]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+
 @contextmanager
-def running_nginx(workdir: Path, upstream_ports: list[int]) -> Iterator[int]:
-    """Runs nginx in the foreground on a free port; yields that port."""
-    port = free_port()
-    config = render_config(workdir, upstream_ports, port)
-    check = nginx_test(config, workdir)
-    assert check.returncode == 0, check.stderr
-    with (workdir / "nginx.out").open("wb") as out:
-        process = subprocess.Popen(
-            [nginx_binary(), "-p", str(workdir), "-c", str(config), "-g", "daemon off;"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
+def running_nginx(workdir: Path, upstream_ports: list[int]) -> Iterator[Nginx]:
+    nginx = Nginx(workdir, upstream_ports)
     try:
-        wait_for_port(port, process)
-        yield port
+        nginx.start()
+        yield nginx
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        nginx.stop()
 
 
 # A stand-in gateway: answers GET /healthz and /metrics, and on /ws echoes each
@@ -196,7 +231,8 @@ def test_websockets_and_http_pass_through_to_both_upstreams(tmp_path: Path) -> N
             stack.enter_context(stand_in_gateway("a")),
             stack.enter_context(stand_in_gateway("b")),
         )
-        nginx_port = stack.enter_context(running_nginx(tmp_path, [port_a, port_b]))
+        nginx = stack.enter_context(running_nginx(tmp_path, [port_a, port_b]))
+        nginx_port = nginx.port
         base = f"http://127.0.0.1:{nginx_port}"
 
         status, body = http_get(f"{base}/healthz")
@@ -224,6 +260,7 @@ def test_websockets_and_http_pass_through_to_both_upstreams(tmp_path: Path) -> N
             first.send("again")
             assert json.loads(first.recv(timeout=5))["echo"] == "again"
         assert served == {"a", "b"}
+        assert sorted(nginx.upstreams("/ws", 2)) == sorted(f"127.0.0.1:{p}" for p in (port_a, port_b))
 
         # One gateway dies: new sockets and requests go to the other one.
         process_b.kill()
@@ -233,3 +270,38 @@ def test_websockets_and_http_pass_through_to_both_upstreams(tmp_path: Path) -> N
                 ws.send("x")
                 assert json.loads(ws.recv(timeout=5))["upstream"] == "a"
             assert http_get(f"{base}/healthz") == (200, "a /healthz\n")
+
+
+async def test_session_through_nginx_to_two_live_gateways(service: Any, tmp_path: Path) -> None:
+    """Two live gateways behind nginx: one account's two sockets land on
+    different gateways; auth, ping/pong and a request acknowledged go through
+    nginx, and the other socket hears of the request through Redis."""
+    second = await service.start_gateway()
+    ports = [urllib.parse.urlsplit(url).port for url in (service.base_url, second)]
+    nginx = Nginx(tmp_path, [port for port in ports if port is not None])
+    await asyncio.to_thread(nginx.start)
+    try:
+        base = f"http://127.0.0.1:{nginx.port}"
+        ready = await service.http.get(f"{base}/readyz")
+        assert ready.status_code == 200, ready.text
+
+        account = await service.user()
+        first = await service.connect(account, url=f"ws://127.0.0.1:{nginx.port}/ws")
+        other = await service.connect(account, url=f"ws://127.0.0.1:{nginx.port}/ws")
+        for client in (first, other):
+            await client.send({"type": "ping"})
+            await client.wait_for("pong")
+
+        ack = await first.ok({"type": "request", "kind": "chat", "astrologer_id": None})
+        assert ack["request_id"]
+        await first.wait_for("queued", request_id=ack["request_id"])
+        await other.wait_for("queued", timeout=10, request_id=ack["request_id"])
+        await other.ok({"type": "cancel", "request_id": ack["request_id"]})
+        await first.wait_for("cancelled", timeout=10, request_id=ack["request_id"], reason="user")
+
+        await first.close()
+        await other.close()
+        used = await asyncio.to_thread(nginx.upstreams, "/ws", 2)
+        assert sorted(used) == sorted(f"127.0.0.1:{port}" for port in ports), used
+    finally:
+        await asyncio.to_thread(nginx.stop)

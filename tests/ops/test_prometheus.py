@@ -8,6 +8,7 @@ about traffic must show data.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -139,7 +140,7 @@ class Prometheus:
         self.log_path = workdir / "prometheus.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> "Prometheus":
+    def start(self) -> None:
         check = run([tool("promtool"), "check", "config", str(self.config_path)])
         assert check.returncode == 0, check.stdout + check.stderr
         with self.log_path.open("wb") as log:
@@ -153,19 +154,31 @@ class Prometheus:
                 ],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
             )
-        deadline = time.monotonic() + 30
+
+    def wait_ready(self, timeout_s: float = 30) -> None:
+        """Blocks; async tests call it in a thread so the live service keeps serving."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"prometheus exited with {self.process.returncode}:\n{self.log()}")
+                raise AssertionError(f"prometheus exited with {self.process.returncode}:\n{self.log()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as answer:
                     if answer.status == 200:
-                        return self
+                        return
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.1)
-        self.__exit__(None, None, None)
-        pytest.fail(f"prometheus did not get ready in 30 s:\n{self.log()}")
+        raise AssertionError(f"prometheus did not get ready in {timeout_s} s:\n{self.log()}")
+
+    def __enter__(self) -> "Prometheus":
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
 
     def __exit__(self, *exc: object) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -199,22 +212,27 @@ class Prometheus:
         # A scalar or string answer is one value, not a list of series.
         return result if isinstance(result, list) else [result]
 
+    def scrapes(self) -> int:
+        """Successful scrapes of the target scraped least (each target's `up` samples == 1)."""
+        targets = self.api("targets", state="active")["activeTargets"]
+        counts = []
+        for target in targets:
+            labels = target["labels"]
+            result = self.query(
+                f'sum_over_time(up{{instance="{labels["instance"]}", job="{labels["job"]}"}}[5m])'
+            )
+            counts.append(int(float(result[0]["value"][1])) if result else 0)
+        return min(counts, default=0)
+
     def wait_for_scrapes(self, count: int, timeout_s: float = 30) -> None:
-        """Waits until every target has been scraped successfully `count` times."""
+        """Blocks until every target has been scraped successfully `count` times."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            targets = self.api("targets", state="active")["activeTargets"]
-            counts = {
-                t["scrapeUrl"]: self.query(f'count_over_time(up{{instance="{t["labels"]["instance"]}", job="{t["labels"]["job"]}"}}[5m])')
-                for t in targets
-            }
-            unhealthy = [t["scrapeUrl"] + ": " + t.get("lastError", "") for t in targets if t["health"] != "up"]
-            short = [url for url, res in counts.items() if not res or float(res[0]["value"][1]) < count]
-            if not unhealthy and not short:
-                return
+        while (done := self.scrapes()) < count:
             if time.monotonic() > deadline:
-                raise AssertionError(f"scrapes not done: unhealthy={unhealthy} short={short}\n{self.log()}")
-            time.sleep(0.25)
+                targets = self.api("targets", state="active")["activeTargets"]
+                health = [(t["scrapeUrl"], t["health"], t.get("lastError")) for t in targets]
+                raise AssertionError(f"{done} of {count} scrapes after {timeout_s} s: {health}\n{self.log()}")
+            time.sleep(0.2)
 
     def wait_for_rule_evaluation(self, timeout_s: float = 15) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
@@ -479,3 +497,204 @@ def test_every_query_evaluates(tmp_path: Path) -> None:
         # Nothing is scraped, so "no matcher" is exactly the alert that must be pending.
         pending = {r["name"] for r in rules if r["state"] != "inactive"}
         assert pending == {"AstroqNoActiveMatcher"}
+
+
+# ------------------------------------------------------------------ with astroq running
+
+# Panels whose numbers must move with traffic, beyond merely returning series.
+MUST_BE_POSITIVE = {
+    "Assignments per second",
+    "Frames per second",
+    "Errors by code",
+}
+
+
+def with_search_path(dsn: str, schema: str) -> str:
+    """The DSN with the harness' per-test schema as search_path (asyncpg passes
+    unknown query parameters on as server settings)."""
+    parts = urllib.parse.urlsplit(dsn)
+    query = urllib.parse.parse_qsl(parts.query) + [("search_path", schema)]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+class MatcherProcess:
+    """`astroq matcher` as its own process, as deployed, with its metrics port on."""
+
+    def __init__(self, service: Any, workdir: Path) -> None:
+        settings = service.settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "matcher.log"
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("ASTROQ_")}
+        self.env.update(
+            PYTHONPATH=str(ROOT),
+            ASTROQ_DATABASE_URL=with_search_path(settings.database_url, service.schema),
+            ASTROQ_REDIS_URL=settings.redis_url,
+            ASTROQ_REDIS_PREFIX=settings.redis_prefix,
+            ASTROQ_JWT_SECRET=settings.jwt_secret,
+            ASTROQ_HOST="127.0.0.1",
+            ASTROQ_METRICS_PORT=str(self.port),
+            ASTROQ_MATCHER_LEASE=str(settings.matcher_lease_s),
+            ASTROQ_OFFER_TIMEOUT=str(settings.offer_timeout_s),
+            ASTROQ_RECONNECT_GRACE=str(settings.reconnect_grace_s),
+            ASTROQ_MAX_WAIT=str(settings.max_wait_s),
+        )
+        # Its own working directory, so no developer's .env is read.
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "server.cli", "matcher"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=self.env,
+            )
+
+    def metrics(self) -> bytes:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as answer:
+            return bytes(answer.read())
+
+    def wait_leader(self, timeout_s: float = 30) -> None:
+        """Blocks until the matcher serves /healthz and holds the lease."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"astroq matcher exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1):
+                    pass
+                if b"\nastroq_matcher_leader 1.0" in self.metrics():
+                    return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"astroq matcher did not take the lease in {timeout_s} s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return bytes(answer.read())
+
+
+async def make_traffic(service: Any) -> None:
+    """A little of everything the dashboards count: sockets of both roles, an
+    assignment and a session, a declined offer, a cancel, pings and a bad frame."""
+    astrologer = await service.astrologer()
+    console = await service.online(astrologer)
+    first, second = await service.user(), await service.user()
+    user = await service.connect(first)
+    await user.send({"type": "ping"})
+    await user.wait_for("pong")
+
+    request = await user.ok({"type": "request", "kind": "chat", "astrologer_id": None})
+    offer = await console.wait_for("offer", timeout=10, request_id=request["request_id"])
+    accepted = await console.ok({"type": "accept", "offer_id": offer["offer_id"]})
+    await user.wait_for("assigned", timeout=10, request_id=request["request_id"])
+    await user.ok({"type": "end", "session_id": accepted["session_id"]})
+
+    # A direct request, declined: it ends as declined.
+    other = await service.connect(second)
+    direct = await other.ok({"type": "request", "kind": "call", "astrologer_id": astrologer.id})
+    offer = await console.wait_for("offer", timeout=10, request_id=direct["request_id"])
+    await console.ok({"type": "decline", "offer_id": offer["offer_id"]})
+    await other.wait_for("cancelled", timeout=10, request_id=direct["request_id"])
+
+    # A general request nobody takes, then cancelled.
+    await console.ok({"type": "status", "status": "offline"})
+    waiting = await other.ok({"type": "request", "kind": "chat", "astrologer_id": None})
+    await other.ok({"type": "cancel", "request_id": waiting["request_id"]})
+
+    await user.send("{not json")
+    await user.wait_for("error", code="bad_json")
+
+
+async def test_panels_show_live_traffic(service_factory: Any, tmp_path: Path) -> None:
+    """A real Prometheus scrapes a live gateway and a live `astroq matcher` every
+    second; after some traffic every dashboard query returns data and every
+    alert query evaluates."""
+    service = await service_factory(with_matcher=False)
+    matcher = MatcherProcess(service, tmp_path)
+    prometheus = Prometheus(
+        tmp_path,
+        {
+            GATEWAY_JOB: [service.base_url.removeprefix("http://")],
+            MATCHER_JOB: [matcher.url.removeprefix("http://")],
+        },
+    )
+    matcher.start()
+    try:
+        # Blocking waits run in threads: the gateway under test lives on this loop.
+        await asyncio.to_thread(matcher.wait_leader)
+        prometheus.start()
+        await asyncio.to_thread(prometheus.wait_ready)
+        await asyncio.to_thread(prometheus.wait_for_scrapes, 2)
+
+        # Twice, with scrapes in between: a labelled series appears with its
+        # first event, and rate() needs an increase between two samples.
+        for _ in range(2):
+            await make_traffic(service)
+            done = await asyncio.to_thread(prometheus.scrapes)
+            await asyncio.to_thread(prometheus.wait_for_scrapes, done + 2)
+
+        for url in (f"{service.base_url}/metrics", f"{matcher.url}/metrics"):
+            exposed = await asyncio.to_thread(fetch, url)
+            check = await asyncio.to_thread(run, [tool("promtool"), "check", "metrics"], exposed)
+            assert check.returncode == 0, f"{url}: {check.stdout}{check.stderr}"
+
+        empty, failures = [], []
+        results: dict[str, list[dict[str, Any]]] = {}
+        for query in dashboard_queries():
+            try:
+                results[query.where] = await asyncio.to_thread(prometheus.query, query.promql)
+            except AssertionError as error:
+                failures.append(f"{query.where}: {error}")
+                continue
+            if not results[query.where]:
+                empty.append(query.where)
+        for query in alert_queries():
+            try:
+                await asyncio.to_thread(prometheus.query, query.promql)
+            except AssertionError as error:
+                failures.append(f"{query.where}: {error}")
+        assert not failures, "\n".join(failures)
+        assert not empty, "panels without data after traffic:\n" + "\n".join(empty)
+
+        def values(title: str) -> dict[str, float]:
+            found = {}
+            for where, result in results.items():
+                if where.split(" / ")[1] == title:
+                    for series in result:
+                        found[json.dumps(series["metric"], sort_keys=True)] = float(series["value"][1])
+            return found
+
+        for title in MUST_BE_POSITIVE:
+            assert any(v > 0 for v in values(title).values()), (title, values(title))
+        assert list(values("Active matchers").values()) == [1.0]
+        holder = [r["metric"]["instance"] for w, res in results.items() if "/ Lease holder / " in w for r in res]
+        assert matcher.url.removeprefix("http://") in holder
+        errors = {json.loads(k).get("code") for k, v in values("Errors by code").items() if v > 0}
+        assert "bad_json" in errors
+        lines = {json.loads(k).get("line") for k in values("Waiting per line")}
+        assert lines == {"general", "direct"}
+        outcomes = {json.loads(k).get("outcome") for k, v in values("Offer outcomes").items() if v > 0}
+        assert {"accepted", "declined"} <= outcomes, outcomes
+
+        # The lease is held, so the no-matcher alert's expression is empty.
+        no_matcher = next(q for q in alert_queries() if q.title == "AstroqNoActiveMatcher")
+        assert await asyncio.to_thread(prometheus.query, no_matcher.promql) == []
+    finally:
+        prometheus.__exit__(None, None, None)
+        await asyncio.to_thread(matcher.stop)
