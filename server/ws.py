@@ -272,8 +272,8 @@ class Gateway:
             if ws.application_state != WebSocketState.DISCONNECTED:
                 try:
                     await ws.close()
-                except (RuntimeError, OSError):
-                    pass
+                except (RuntimeError, OSError, WebSocketDisconnect):
+                    pass  # the client is already gone
 
     async def _register(self, conn: Connection) -> None:
         group = self.accounts.setdefault(conn.account_id, set())

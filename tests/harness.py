@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
 from server.app import create_app
+from server.auth import Tokens, TokenType, hash_password
 from server.cli import uvicorn_config
 from server.settings import Settings
 
@@ -160,6 +161,28 @@ class Service:
             body["user"]["id"], email, PASSWORD, name, "user", body["access_token"], body["refresh_token"]
         )
 
+    async def many_users(self, count: int, prefix: str = "u") -> list[Account]:
+        """Bulk accounts for load tests: rows written directly, tokens minted with the
+        service's key (registering hundreds through the API would spend the test on
+        deliberately slow password hashing)."""
+        tokens = Tokens(JWT_SECRET, self.settings.access_ttl_s, self.settings.refresh_ttl_s)
+        password_hash = await hash_password(PASSWORD)
+        accounts = []
+        rows = []
+        for i in range(count):
+            user_id = str(uuid.uuid4())
+            name = f"{prefix}{i}"
+            email = f"{name}-{user_id[:8]}@example.test"
+            rows.append((user_id, email, name, "user", password_hash))
+            access = tokens.issue(user_id, "user", TokenType.ACCESS).token
+            accounts.append(Account(user_id, email, PASSWORD, name, "user", access, ""))
+        async with self.pool.acquire() as conn:
+            await conn.executemany(
+                "INSERT INTO users (id, email, name, role, password_hash) VALUES ($1, $2, $3, $4, $5)",
+                rows,
+            )
+        return accounts
+
     def admin_headers(self) -> dict[str, str]:
         assert self.admin is not None
         return {"authorization": f"Bearer {self.admin.token}"}
@@ -240,8 +263,12 @@ class Service:
                 pass
         for server, task in self._servers:
             server.should_exit = True
-        await asyncio.gather(*(task for _, task in self._servers), return_exceptions=True)
-        await self.http.aclose()
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(task for _, task in self._servers), return_exceptions=True), 10
+            )
+        finally:
+            await self.http.aclose()
 
     # ---- looking at the record -------------------------------------------------------
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:

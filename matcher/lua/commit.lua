@@ -11,6 +11,18 @@ if redis.call('GET', k('fence')) ~= ARGV[1] then return err('fenced') end
 if not require_alive() then return err('unavailable') end
 local now, timeout_ms = clock_ms(), tonumber(ARGV[2])
 local made = 0
+
+-- SPEC §6: within a line requests are offered oldest first. The snapshot may be
+-- stale (a declined request came back to the head since): an offer that would
+-- pass over an older request this astrologer could take is skipped.
+local function passes_over_older(req, aid)
+  local older = redis.call('ZRANGEBYSCORE', line_of(req), '-inf', '(' .. req.seq, 'LIMIT', 0, 64)
+  for _, rid in ipairs(older) do
+    if req.aid ~= '' or redis.call('SISMEMBER', k('excl:' .. rid), aid) == 0 then return true end
+  end
+  return false
+end
+
 for i = 4, #ARGV, 4 do
   local oid, rid, aid, direct = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local req = hgetall(k('req:' .. rid))
@@ -19,6 +31,7 @@ for i = 4, #ARGV, 4 do
     and tonumber(a[3] or '0') < tonumber(a[2])
     and redis.call('SISMEMBER', k('excl:' .. rid), aid) == 0
     and ((direct == '1' and req.aid == aid) or (direct == '0' and req.aid == ''))
+    and not passes_over_older(req, aid)
   if ok then
     redis.call('ZREM', line_of(req), rid)
     redis.call('HSET', k('req:' .. rid), 'state', 'offered', 'offer', oid)

@@ -12,6 +12,11 @@ if holder == me then
 end
 if holder then return {0, ''} end
 redis.call('SET', k('lease'), me, 'PX', ttl)
+if redis.call('EXISTS', k('fencectr')) == 0 then
+  -- Redis lost its data: start above any token handed out before, so a
+  -- matcher holding an old token can never match a new one.
+  redis.call('SET', k('fencectr'), clock_ms())
+end
 local token = tostring(redis.call('INCR', k('fencectr')))
 redis.call('SET', k('fence'), token)
 return {1, token}
