@@ -23,21 +23,20 @@ log = logging.getLogger("astroq")
 MAX_FRAME_BYTES = 16 * 1024  # SPEC §4: a larger frame closes the socket with 1009
 
 
-def uvicorn_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
-        ws_max_size=MAX_FRAME_BYTES,
-        ws_per_message_deflate=False,  # small JSON frames: compression costs memory, saves little
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-        **extra,
-    )
+def uvicorn_config(app: Any, host: str, port: int, **overrides: Any) -> uvicorn.Config:
+    options: dict[str, Any] = {
+        "loop": "uvloop",
+        "http": "httptools",
+        "ws": "websockets-sansio",
+        "ws_max_size": MAX_FRAME_BYTES,
+        # Small JSON frames: compression costs memory per socket and saves little.
+        "ws_per_message_deflate": False,
+        "lifespan": "on",
+        "log_level": "warning",
+        "access_log": False,
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, host=host, port=port, **options)
 
 
 def bind(host: str, port: int, variable: str = "ASTROQ_PORT") -> socket.socket:
