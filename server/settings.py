@@ -63,6 +63,13 @@ def _bool(key: str, raw: str) -> bool:
     raise ConfigError(f"{key} must be 0 or 1, got {raw!r}")
 
 
+def _log_level(key: str, raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"{key} must be DEBUG, INFO, WARNING or ERROR, got {raw!r}")
+    return level
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -88,6 +95,7 @@ class Settings:
     data_dir: Path = Path(".astroq")
     # Not in the contract: isolates the Redis keys of one deployment (tests use it).
     redis_prefix: str = "astroq"
+    log_level: str = "INFO"
 
     def require_secret(self) -> str:
         if not self.jwt_secret:
@@ -126,6 +134,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "ASTROQ_DEMO": ("demo", _bool),
     "ASTROQ_DATA_DIR": ("data_dir", lambda k, v: Path(v)),
     "ASTROQ_REDIS_PREFIX": ("redis_prefix", lambda k, v: v),
+    "ASTROQ_LOG_LEVEL": ("log_level", lambda k, v: _log_level(k, v)),
 }
 
 

@@ -240,7 +240,7 @@ class Service:
         """Another gateway process-equivalent (its own app, pools and pub/sub) on a new port."""
         port = free_port()
         app = create_app(self.settings, with_matcher=with_matcher, schema=self.schema)
-        server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port))
+        server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, timeout_graceful_shutdown=2))
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         task = asyncio.create_task(server.serve())
         self._servers.append((server, task))
@@ -309,7 +309,7 @@ async def start_service(database_url: str, redis_url: str, **overrides: Any) -> 
     await db.migrate(pool, schema=schema)
     port = free_port()
     app = create_app(settings, with_matcher=with_matcher, schema=schema)
-    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port))
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, timeout_graceful_shutdown=2))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     while not server.started:
