@@ -127,15 +127,23 @@ export function show(el, visible) {
   el.hidden = !visible;
 }
 
-/** Polite, visible status messages; errors go to the assertive region. */
+const NOTICES_KEPT = 3;
+
+/**
+ * Visible messages. News goes to a polite log that keeps the last few lines
+ * (events often come in pairs: an offer expires, then the status changes);
+ * errors go to the assertive region.
+ */
 export class Notices {
-  constructor(statusEl, alertEl) {
-    this.statusEl = statusEl;
+  constructor(logEl, alertEl) {
+    this.logEl = logEl;
     this.alertEl = alertEl;
   }
 
   info(text) {
-    this.statusEl.textContent = text;
+    if (!text) return;
+    this.logEl.append(h("p", {}, text));
+    while (this.logEl.children.length > NOTICES_KEPT) this.logEl.firstElementChild.remove();
   }
 
   error(errorOrCode, message) {
@@ -157,7 +165,7 @@ export class Notices {
   }
 
   clear() {
-    this.statusEl.textContent = "";
+    this.logEl.replaceChildren();
     this.clearError();
   }
 }

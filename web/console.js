@@ -192,7 +192,8 @@ function addOffer(offer, fresh) {
   tick();
   if (fresh) {
     alertNewOffer();
-    notices.info(`New ${kind.toLowerCase()} request from ${who}. Answer within ${Math.ceil(expiresS)} seconds.`);
+    const seconds = Math.max(1, Math.ceil(expiresS));
+    notices.info(`New ${kind.toLowerCase()} request from ${who}. Answer within ${seconds} second${seconds === 1 ? "" : "s"}.`);
   }
 }
 

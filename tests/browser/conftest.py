@@ -17,6 +17,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright, expect
 
 from tests.browser.actors import Account, Api
+from tests.harness import Service
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -104,8 +105,9 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
-async def pages(browser: Browser, site: Site) -> AsyncIterator[Browsers]:
-    opened = Browsers(browser, site.base_url)
+async def pages(browser: Browser) -> AsyncIterator[Browsers]:
+    """Pages open against the service the test started last (see site_factory)."""
+    opened = Browsers(browser, "")
     try:
         yield opened
     finally:
@@ -136,20 +138,34 @@ async def no_horizontal_scroll(page: Page) -> None:
     assert widths[0] <= widths[1], f"page is {widths[0]}px wide in a {widths[1]}px viewport"
 
 
-Opener = Callable[..., Awaitable[Page]]
-JsonBody = dict[str, Any]
+
+
+# People in a browser are slower than test clients: give them time to read an
+# offer and let a reload or a dropped connection come back within the grace.
+BROWSER_TIMINGS: dict[str, Any] = {"offer_timeout_s": 10.0, "reconnect_grace_s": 10.0}
+
+SiteFactory = Callable[..., Awaitable[Site]]
 
 
 @pytest.fixture
-async def site() -> Site:
-    # Temporary: a service started by hand until the shared live fixture lands.
-    import os
+def site_factory(service_factory: Callable[..., Awaitable[Service]], pages: Browsers) -> SiteFactory:
+    """A fresh live service (its own schema and Redis prefix) with browser timings and overrides."""
 
-    if "ASTROQ_BROWSER_BASE_URL" not in os.environ:
-        pytest.skip("no live service for browser tests yet")
-    base_url = os.environ["ASTROQ_BROWSER_BASE_URL"]
-    api = Api(base_url)
-    email, password = os.environ["ASTROQ_BROWSER_ADMIN"].split(":", 1)
-    tokens = await api.login(email, password)
-    admin = Account(tokens["user"]["id"], email, password, tokens["user"]["name"], "admin")
-    return Site(base_url, admin, tokens["access_token"], api)
+    async def start(**overrides: Any) -> Site:
+        service = await service_factory(**{**BROWSER_TIMINGS, **overrides})
+        assert service.admin is not None
+        admin = service.admin
+        pages.base_url = service.base_url
+        return Site(
+            service.base_url,
+            Account(admin.id, admin.email, admin.password, admin.name, admin.role),
+            admin.token,
+            Api(service.base_url),
+        )
+
+    return start
+
+
+@pytest.fixture
+async def site(site_factory: SiteFactory) -> Site:
+    return await site_factory()

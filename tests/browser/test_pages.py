@@ -15,6 +15,7 @@ from tests.browser.conftest import (
     ROOT,
     Browsers,
     Site,
+    SiteFactory,
     log_in,
     no_horizontal_scroll,
     screenshot,
@@ -32,7 +33,8 @@ def named(stem: str) -> str:
 
 
 def messages(page: Page):  # type: ignore[no-untyped-def]
-    return page.get_by_role("status", name="Messages")
+    """The polite log of what happened; it keeps the last few lines."""
+    return page.get_by_role("log", name="Messages")
 
 
 async def go_online(console: Page) -> None:
@@ -94,9 +96,9 @@ async def test_user_and_astrologer_complete_a_consultation(site: Site, pages: Br
     await screenshot(console, "console-session")
 
     await user.get_by_role("button", name="End session").click()
-    await expect(messages(user)).to_have_text("You ended the session.")
+    await expect(messages(user)).to_contain_text("You ended the session.")
     await expect(user.get_by_role("heading", name="Ask for a consultation")).to_be_visible()
-    await expect(messages(console)).to_have_text(f"{uma} ended the session.")
+    await expect(messages(console)).to_contain_text(f"{uma} ended the session.")
     await expect(session).to_have_count(0)
     await expect(console.get_by_text("No sessions right now.")).to_be_visible()
 
@@ -149,9 +151,9 @@ async def test_top_flow_off_sends_a_general_request_to_a_regular_astrologer(
         await screenshot(admin, "admin-live")
 
         await admin.get_by_role("radio", name="On", exact=True).check()
-        await expect(messages(admin)).to_have_text("Top flow is on.")
+        await expect(messages(admin)).to_contain_text("Top flow is on.")
         await nia_console.get_by_role("button", name=f"End session with {leo}").click()
-        await expect(messages(user)).to_have_text(f"{nia} ended the session.")
+        await expect(messages(user)).to_contain_text(f"{nia} ended the session.")
         for page in consoles.values():
             await go_offline(page)
     finally:
@@ -208,7 +210,7 @@ async def test_reload_while_waiting_resumes_the_same_place(site: Site, pages: Br
         await expect(position).to_have_text("2")
 
         await user.get_by_role("button", name="Cancel request").click()
-        await expect(messages(user)).to_have_text("You cancelled your request.")
+        await expect(messages(user)).to_contain_text("You cancelled your request.")
         await expect(user.get_by_role("heading", name="Ask for a consultation")).to_be_visible()
     finally:
         second, second_request = ahead[1]
@@ -265,7 +267,7 @@ async def test_a_dropped_connection_reconnects_and_keeps_the_request(site: Site,
         assert len(links) >= 2
         await expect(user.get_by_label("Position in line")).to_have_text("1")
         await user.get_by_role("button", name="Cancel request").click()
-        await expect(messages(user)).to_have_text("You cancelled your request.")
+        await expect(messages(user)).to_contain_text("You cancelled your request.")
     finally:
         await astrologer.call({"type": "status", "status": "offline"})
         await astrologer.close()
@@ -326,7 +328,7 @@ async def test_keyboard_alone_joins_and_leaves_the_line(site: Site, pages: Brows
     await user.keyboard.press("Tab")
     await expect(user.get_by_role("button", name="Cancel request")).to_be_focused()
     await user.keyboard.press("Enter")
-    await expect(messages(user)).to_have_text("You cancelled your request.")
+    await expect(messages(user)).to_contain_text("You cancelled your request.")
     await expect(user.get_by_role("heading", name="Ask for a consultation")).to_be_focused()
     pages.assert_clean()
 
@@ -366,9 +368,9 @@ async def test_declines_and_withdrawn_offers_are_explained(site: Site, pages: Br
     await user.get_by_role("radio", name=lyra).check()
     await user.get_by_role("button", name="Join the line").click()
     await console.get_by_role("button", name=f"Decline chat from {mia}").click()
-    await expect(messages(console)).to_have_text(f"You declined the request from {mia}.")
+    await expect(messages(console)).to_contain_text(f"You declined the request from {mia}.")
     # A declined direct request ends (SPEC §5) and the user is told why.
-    await expect(messages(user)).to_have_text("The astrologer declined your request.")
+    await expect(messages(user)).to_contain_text("The astrologer declined your request.")
     await expect(user.get_by_role("heading", name="Ask for a consultation")).to_be_visible()
 
     other = await login_actor(site.api, await site.api.register_user(noor))
@@ -378,7 +380,7 @@ async def test_declines_and_withdrawn_offers_are_explained(site: Site, pages: Br
         await expect(offer).to_be_visible()
         await expect(console.get_by_label("Waiting for you")).to_have_text("0")
         await other.call({"type": "cancel", "request_id": ack["request_id"]})
-        await expect(messages(console)).to_have_text(f"{noor} cancelled the request; the offer was withdrawn.")
+        await expect(messages(console)).to_contain_text(f"{noor} cancelled the request; the offer was withdrawn.")
         await expect(offer).to_have_count(0)
         await expect(console.get_by_text("No offers right now.")).to_be_visible()
     finally:
@@ -435,4 +437,36 @@ async def test_the_admin_page_refuses_other_roles(site: Site, pages: Browsers) -
     await form.get_by_role("button", name="Log in").click()
     await expect(admin.get_by_role("alert")).to_have_text("This page is for admins. Log in with an admin account.")
     await expect(admin.get_by_role("button", name="Log out")).to_be_hidden()
+    pages.assert_clean()
+
+
+async def test_missed_offers_put_the_console_on_break_with_a_notice(
+    site_factory: SiteFactory, pages: Browsers
+) -> None:
+    site = await site_factory(offer_timeout_s=1.0, max_missed=2)
+    rigel = named("Rigel")
+    account = await site.api.create_astrologer(site.admin_token, rigel)
+    console = await pages.open("/console")
+    await log_in(console, account)
+    await go_online(console)
+
+    people = []
+    try:
+        for stem in ("Tess", "Ugo"):
+            person = named(stem)
+            actor = await login_actor(site.api, await site.api.register_user(person))
+            people.append(actor)
+            await actor.call({"type": "request", "kind": "chat", "astrologer_id": account.id})
+            await expect(console.get_by_role("heading", name=f"Chat request from {person}")).to_be_visible()
+            await expect(messages(console)).to_contain_text(f"request from {person} expired")
+            # An unanswered direct request ends for its user as a timeout (SPEC §5).
+            cancelled = await actor.next(lambda f: f["type"] == "cancelled")
+            assert cancelled["reason"] == "timeout"
+        await expect(console.get_by_text("Current status: On break")).to_be_visible()
+        await expect(console.get_by_role("radio", name="On break")).to_be_checked()
+        await expect(console.get_by_text(re.compile("You missed several offers in a row"))).to_be_visible()
+        await screenshot(console, "console-missed-offers")
+    finally:
+        for actor in people:
+            await actor.close()
     pages.assert_clean()
