@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 
 import pytest
 from playwright.async_api import Page, WebSocketRoute, expect
@@ -25,11 +24,6 @@ pytestmark = pytest.mark.browser
 
 DOCS_SHOT = ROOT / "docs" / "user-waiting.png"
 DOCS_SHOT_MAX_BYTES = 100_000
-
-
-def named(stem: str) -> str:
-    """A display name no other test (or earlier run against the same service) uses."""
-    return f"{stem} {uuid.uuid4().hex[:4]}"
 
 
 def messages(page: Page):  # type: ignore[no-untyped-def]
@@ -57,7 +51,7 @@ STATUS_CELL, ASSIGNED_CELL = 0, 5
 
 
 async def test_user_and_astrologer_complete_a_consultation(site: Site, pages: Browsers) -> None:
-    asha, uma = named("Asha"), named("Uma")
+    asha, uma = "Asha Rao", "Uma Iyer"
     astrologer = await site.api.create_astrologer(site.admin_token, asha, languages=["en", "hi"])
 
     console = await pages.open("/console")
@@ -109,7 +103,7 @@ async def test_user_and_astrologer_complete_a_consultation(site: Site, pages: Br
 async def test_top_flow_off_sends_a_general_request_to_a_regular_astrologer(
     site: Site, pages: Browsers
 ) -> None:
-    tara, nia, leo = named("Tara Top"), named("Nia"), named("Leo")
+    tara, nia, leo = "Tara Singh", "Nia Okafor", "Leo Marsh"
     top = await site.api.create_astrologer(site.admin_token, tara, is_top=True)
     regular = await site.api.create_astrologer(site.admin_token, nia)
     leo_account = await site.api.register_user(leo)
@@ -166,14 +160,14 @@ async def set_top_flow(site: Site, top_flow: str) -> None:
 
 
 async def test_reload_while_waiting_resumes_the_same_place(site: Site, pages: Browsers) -> None:
-    orion, rhea = named("Orion"), named("Rhea")
+    orion, rhea = "Orion Vale", "Rhea Kapoor"
     # An astrologer on break keeps a line without taking offers, so it stays put.
     account = await site.api.create_astrologer(site.admin_token, orion)
     astrologer = await login_actor(site.api, account)
     await astrologer.call({"type": "status", "status": "break"})
     ahead = []
-    for stem in ("Ada", "Ben"):
-        actor = await login_actor(site.api, await site.api.register_user(named(stem)))
+    for person in ("Ada Brook", "Ben Hale"):
+        actor = await login_actor(site.api, await site.api.register_user(person))
         ack = await actor.call({"type": "request", "kind": "chat", "astrologer_id": account.id})
         ahead.append((actor, ack["request_id"]))
     rhea_account = await site.api.register_user(rhea)
@@ -230,7 +224,7 @@ async def write_docs_screenshot(page: Page) -> None:
 
 
 async def test_a_dropped_connection_reconnects_and_keeps_the_request(site: Site, pages: Browsers) -> None:
-    vega, sam = named("Vega"), named("Sam")
+    vega, sam = "Vega Moreau", "Sam Ortiz"
     account = await site.api.create_astrologer(site.admin_token, vega)
     astrologer = await login_actor(site.api, account)
     await astrologer.call({"type": "status", "status": "break"})
@@ -275,9 +269,9 @@ async def test_a_dropped_connection_reconnects_and_keeps_the_request(site: Site,
 
 
 async def test_every_page_fits_a_phone_and_logs_no_errors(site: Site, pages: Browsers) -> None:
-    cleo = named("Cleo")
+    cleo = "Cleo Park"
     astrologer = await site.api.create_astrologer(site.admin_token, cleo, is_top=True, languages=["en"])
-    user = await site.api.register_user(named("Pia"))
+    user = await site.api.register_user("Pia Sorensen")
     people: dict[str, tuple[str, Account]] = {
         "/": ("user", user),
         "/console": ("console", astrologer),
@@ -302,7 +296,7 @@ async def test_every_page_fits_a_phone_and_logs_no_errors(site: Site, pages: Bro
 
 
 async def test_keyboard_alone_joins_and_leaves_the_line(site: Site, pages: Browsers) -> None:
-    kai = await site.api.register_user(named("Kai"))
+    kai = await site.api.register_user("Kai Moana")
     user = await pages.open("/")
 
     await user.get_by_label("Email").fill(kai.email)
@@ -334,7 +328,7 @@ async def test_keyboard_alone_joins_and_leaves_the_line(site: Site, pages: Brows
 
 
 async def test_server_errors_are_shown_in_words(site: Site, pages: Browsers) -> None:
-    zed = named("Zed")
+    zed = "Zed Ali"
     await site.api.create_astrologer(site.admin_token, zed)
     admin = await pages.open("/admin")
     await log_in(admin, site.admin)
@@ -347,7 +341,7 @@ async def test_server_errors_are_shown_in_words(site: Site, pages: Browsers) -> 
     pages.take_expected(r"status of 422")
 
     create = admin.get_by_role("form", name="Add an astrologer")
-    await create.get_by_label("Name").fill(named("Dup"))
+    await create.get_by_label("Name").fill("Dana Twice")
     await create.get_by_label("Email").fill(site.admin.email)
     await create.get_by_label("Password").fill("long enough password")
     await create.get_by_role("button", name="Create astrologer").click()
@@ -357,7 +351,7 @@ async def test_server_errors_are_shown_in_words(site: Site, pages: Browsers) -> 
 
 
 async def test_declines_and_withdrawn_offers_are_explained(site: Site, pages: Browsers) -> None:
-    lyra, mia, noor = named("Lyra"), named("Mia"), named("Noor")
+    lyra, mia, noor = "Lyra Bell", "Mia Lund", "Noor Haddad"
     account = await site.api.create_astrologer(site.admin_token, lyra)
     console = await pages.open("/console")
     await log_in(console, account)
@@ -392,7 +386,7 @@ async def test_declines_and_withdrawn_offers_are_explained(site: Site, pages: Br
 async def test_tokens_are_refreshed_before_expiry_and_after_a_rejected_socket(
     site: Site, pages: Browsers
 ) -> None:
-    ivy = await site.api.register_user(named("Ivy"))
+    ivy = await site.api.register_user("Ivy Chen")
     user = await pages.open("/")
     await log_in(user, ivy)
 
@@ -429,7 +423,7 @@ async def test_tokens_are_refreshed_before_expiry_and_after_a_rejected_socket(
 
 
 async def test_the_admin_page_refuses_other_roles(site: Site, pages: Browsers) -> None:
-    user = await site.api.register_user(named("Olive"))
+    user = await site.api.register_user("Olive Grant")
     admin = await pages.open("/admin")
     form = admin.get_by_role("form", name="Admin")
     await form.get_by_label("Email").fill(user.email)
@@ -444,7 +438,7 @@ async def test_missed_offers_put_the_console_on_break_with_a_notice(
     site_factory: SiteFactory, pages: Browsers
 ) -> None:
     site = await site_factory(offer_timeout_s=1.0, max_missed=2)
-    rigel = named("Rigel")
+    rigel = "Rigel Stone"
     account = await site.api.create_astrologer(site.admin_token, rigel)
     console = await pages.open("/console")
     await log_in(console, account)
@@ -452,8 +446,7 @@ async def test_missed_offers_put_the_console_on_break_with_a_notice(
 
     people = []
     try:
-        for stem in ("Tess", "Ugo"):
-            person = named(stem)
+        for person in ("Tess Ward", "Ugo Bassi"):
             actor = await login_actor(site.api, await site.api.register_user(person))
             people.append(actor)
             await actor.call({"type": "request", "kind": "chat", "astrologer_id": account.id})
