@@ -147,9 +147,10 @@ class Matcher:
         while True:
             await asyncio.sleep(renew_s)
             try:
-                state = await asyncio.wait_for(
-                    self.store.lease(self.id, self._lease_ms), timeout=renew_s
-                )
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow
+                # the cancellation that stops this task.
+                async with asyncio.timeout(renew_s):
+                    state = await self.store.lease(self.id, self._lease_ms)
             except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
                 if time.monotonic() >= deadline:
                     log.warning("lease not renewed in time (%s); stepping down", exc)

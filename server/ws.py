@@ -132,9 +132,13 @@ class Gateway:
         ]
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self.drainers.values()]:
+        tasks = [*self._tasks, *self.drainers.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self.drainers.values(), return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=3)
+            for task in pending:
+                log.error("gateway task %s did not stop: %s", task.get_name(), task.get_stack())
         await self._pubsub.aclose()
 
     # ---- pub/sub → sockets --------------------------------------------------------
@@ -181,7 +185,9 @@ class Gateway:
             waiter = asyncio.get_running_loop().create_future()
             self._subscribing[channel.encode()] = waiter
             await self._pubsub.subscribe(channel)
-        await asyncio.wait_for(waiter, timeout=5.0)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+        async with asyncio.timeout(5.0):
+            await waiter
 
     async def _unsubscribe(self, account_id: str) -> None:
         async with self._subscription_lock:
@@ -223,7 +229,8 @@ class Gateway:
                 return None
         await ws.accept()
         try:
-            text = await asyncio.wait_for(_receive_text(ws), AUTH_TIMEOUT_S)
+            async with asyncio.timeout(AUTH_TIMEOUT_S):
+                text = await _receive_text(ws)
         except asyncio.TimeoutError:
             await ws.close(CloseCode.AUTH_TIMEOUT)
             return None
@@ -428,7 +435,8 @@ class Gateway:
             await self._answer_error(uid, socket_id, error_frame(Unavailable(), ref))
         else:
             try:
-                await asyncio.wait_for(waiter, ACK_WAIT_S)
+                async with asyncio.timeout(ACK_WAIT_S):
+                    await waiter
             except asyncio.TimeoutError:
                 self.pending_acks.pop(op, None)
         metrics.FRAME_TIME.labels(frame_type).observe(time.perf_counter() - data["t"])
