@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    ViewportSize,
+    async_playwright,
+    expect,
+)
 
 from tests.browser.actors import Account, Api
 from tests.harness import Service
@@ -30,8 +38,8 @@ CHROMIUM_ARGS = [
 ]
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-output"
-PHONE = {"width": 375, "height": 780}
-DESKTOP = {"width": 1280, "height": 900}
+PHONE: ViewportSize = {"width": 375, "height": 780}
+DESKTOP: ViewportSize = {"width": 1280, "height": 900}
 
 expect.set_options(timeout=10_000)
 
@@ -62,7 +70,7 @@ class Browsers:
     problems: list[Problem] = field(default_factory=list)
     contexts: list[BrowserContext] = field(default_factory=list)
 
-    async def open(self, path: str, viewport: dict[str, int] | None = None, navigate: bool = True) -> Page:
+    async def open(self, path: str, viewport: ViewportSize | None = None, navigate: bool = True) -> Page:
         """A page in a new context (its own localStorage: one person); `navigate=False` leaves it blank."""
         context = await self.browser.new_context(
             base_url=self.base_url, viewport=viewport or DESKTOP, reduced_motion="reduce"
@@ -136,8 +144,6 @@ async def no_horizontal_scroll(page: Page) -> None:
         "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
     )
     assert widths[0] <= widths[1], f"page is {widths[0]}px wide in a {widths[1]}px viewport"
-
-
 
 
 # People in a browser are slower than test clients: give them time to read an
