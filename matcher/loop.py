@@ -24,6 +24,7 @@ import orjson
 from redis.asyncio import Redis
 
 from matcher import flow
+from matcher.aio import cancel_and_wait, unless_cancelled
 from matcher.journal import Journal
 from matcher.keys import Keys
 from matcher.positions import Positions, admin_message
@@ -121,6 +122,7 @@ class Matcher:
                 try:
                     state = await self.store.lease(self.id, self._lease_ms)
                 except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                    unless_cancelled()
                     log.warning("redis unreachable while taking the lease: %s", exc)
                     await asyncio.sleep(self._lease_ms / 3000)
                     continue
@@ -152,6 +154,7 @@ class Matcher:
                 async with asyncio.timeout(renew_s):
                     state = await self.store.lease(self.id, self._lease_ms)
             except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                unless_cancelled()
                 if time.monotonic() >= deadline:
                     log.warning("lease not renewed in time (%s); stepping down", exc)
                     return
@@ -174,9 +177,7 @@ class Matcher:
                     if not isinstance(exc, Fenced):
                         log.error("matcher work failed: %r", exc, exc_info=exc)
         finally:
-            for task in (keeper, work):
-                task.cancel()
-            await asyncio.gather(keeper, work, return_exceptions=True)
+            await cancel_and_wait([keeper, work])
             self.leader.clear()
             metrics.MATCHER_LEADER.set(0)
             self.positions.forget_all()
@@ -201,6 +202,8 @@ class Matcher:
                     block_s = min(block_s, max(0.0, (next_due_ms - now_ms()) / 1000))
                 if positions_dirty:
                     block_s = min(block_s, max(0.0, positions_due - clock))
+                if stats_dirty:
+                    block_s = min(block_s, max(0.0, stats_due - clock))
                 reply = await self.redis.xread(
                     {self.keys.outbox: last_id}, count=1000, block=max(1, int(block_s * 1000))
                 )
@@ -225,27 +228,30 @@ class Matcher:
                     await self.decide()
                     positions_dirty = stats_dirty = True
                 clock = time.monotonic()
+                lines = None
                 if positions_dirty and clock >= positions_due:
                     positions_dirty = False
                     positions_due = clock + POSITIONS_EVERY_S
-                    lines = await self.positions.publish()
-                    if stats_dirty and clock >= stats_due:
-                        stats_dirty = False
-                        stats_due = clock + STATS_EVERY_S
-                        await self._publish_stats(lines["data"])
+                    lines = (await self.positions.publish())["data"]
+                if stats_dirty and clock >= stats_due:
+                    stats_dirty = False
+                    stats_due = clock + STATS_EVERY_S
+                    await self._publish_stats(lines)
                 if clock >= reap_due:
                     reap_due = clock + REAP_EVERY_S
-                    await self.store.reap(self.token, self._grace_ms)
-                    stats_dirty = True
+                    if await self.store.reap(self.token, self._grace_ms):
+                        stats_dirty = True
                 backoff_s = 0.05
             except Fenced:
                 log.warning("fenced: another matcher holds the lease")
                 return
             except errors.Unavailable:
+                unless_cancelled()
                 continue  # live state vanished between two steps; rebuild on the next turn
             except (OSError, ConnectionError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
                 # Redis or PostgreSQL is away: nothing is lost (the outbox keeps
                 # what is not yet persisted); retry until they answer again.
+                unless_cancelled()
                 log.warning("matcher waiting for its stores: %r", exc)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(1.0, backoff_s * 2)
@@ -279,6 +285,6 @@ class Matcher:
         metrics.DECISION_TIME.observe(time.perf_counter() - started)
         return made
 
-    async def _publish_stats(self, lines: dict[str, Any]) -> None:
+    async def _publish_stats(self, lines: dict[str, Any] | None) -> None:
         stats = await admin_stats(self.store, self.pool, lines)
         await self.redis.publish(self.keys.admin_events, admin_message(stats))

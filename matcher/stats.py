@@ -59,6 +59,11 @@ async def admin_stats(
                 "assigned_today": r["assigned"],
                 "share": round(r["assigned"] / total, 4) if total else 0.0,
                 "target": round(weights.get(r["id"], 0.0) / weight_sum, 4) if weight_sum else 0.0,
+                # Beyond the contract: what the admin table edits in place.
+                "is_top": bool(entry[4]) if entry else False,
+                "weight": entry[5] if entry else 1.0,
+                "capacity": entry[2] if entry else 1,
+                "flow_enabled": bool(entry[3]) if entry else True,
             }
         )
     return {

@@ -19,6 +19,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
+from matcher.aio import cancel_and_wait
 from matcher.keys import Keys
 from matcher.loop import Matcher
 from matcher.store import Store
@@ -87,8 +88,7 @@ def create_app(
             yield
         finally:
             if matcher_task is not None and matcher is not None:
-                matcher_task.cancel()
-                await asyncio.gather(matcher_task, return_exceptions=True)
+                await cancel_and_wait([matcher_task])
                 await matcher.release()
             await gateway.stop()
             await pool.close()

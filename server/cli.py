@@ -96,6 +96,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def run_matcher(settings: Settings) -> None:
+    from matcher.aio import cancel_and_wait
     from matcher.loop import Matcher
     from server.app import create_matcher_app, open_stores
 
@@ -118,8 +119,7 @@ async def run_matcher(settings: Settings) -> None:
     await stop.wait()
     if metrics_server is not None:
         metrics_server.should_exit = True
-    tasks[0].cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel_and_wait(tasks)
     await matcher.release()  # a standby takes over at once instead of after the lease
     await pool.close()
     await redis.aclose()

@@ -27,6 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from matcher.journal import frame_message
 from matcher.keys import Keys
+from matcher.aio import cancel_and_wait, unless_cancelled
 from matcher.stats import admin_stats
 from matcher.store import Store
 from server import db, metrics, protocol
@@ -132,13 +133,7 @@ class Gateway:
         ]
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *self.drainers.values()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=3)
-            for task in pending:
-                log.error("gateway task %s did not stop: %s", task.get_name(), task.get_stack())
+        await cancel_and_wait([*self._tasks, *self.drainers.values()])
         await self._pubsub.aclose()
 
     # ---- pub/sub → sockets --------------------------------------------------------
@@ -147,6 +142,7 @@ class Gateway:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
             except (ConnectionError, OSError) as exc:
+                unless_cancelled()
                 log.warning("pub/sub connection lost: %r", exc)
                 await asyncio.sleep(0.2)
                 continue
@@ -203,6 +199,7 @@ class Gateway:
                     for conn in conns:
                         await self.store.connect(conn.account_id, conn.role.value, conn.id, self.id)
             except (ConnectionError, OSError, AstroqError) as exc:
+                unless_cancelled()
                 log.warning("heartbeat failed: %r", exc)
             await asyncio.sleep(HEARTBEAT_S)
 
@@ -271,9 +268,7 @@ class Gateway:
         try:
             await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (receiver, sender):
-                task.cancel()
-            await asyncio.gather(receiver, sender, return_exceptions=True)
+            await cancel_and_wait([receiver, sender])
             metrics.SOCKETS.labels(conn.role.value).dec()
             await self._unregister(conn, connected=True)
             if ws.application_state != WebSocketState.DISCONNECTED:

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+from matcher.aio import cancel_and_wait
 from matcher.keys import Keys
 from matcher.loop import Matcher
 from matcher.store import Fenced, Store
@@ -121,9 +122,9 @@ async def test_standby_takes_over_when_the_active_matcher_dies(service_factory: 
         await page.ok({"type": "request", "kind": "chat", "astrologer_id": None})
         await console.wait_for("offer")
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+        await cancel_and_wait(tasks)
+        assert all(task.done() for task in tasks), "a matcher did not stop when cancelled"
+
 
 
 async def test_a_matcher_that_lost_its_lease_cannot_write(service_factory: Any) -> None:
