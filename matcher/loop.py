@@ -204,12 +204,12 @@ class Matcher:
                     block_s = min(block_s, max(0.0, positions_due - clock))
                 if stats_dirty:
                     block_s = min(block_s, max(0.0, stats_due - clock))
-                reply = await self.redis.xread(
+                reply: Any = await self.redis.xread(
                     {self.keys.outbox: last_id}, count=1000, block=max(1, int(block_s * 1000))
                 )
                 changed, must_decide = must_decide, False
                 if reply:
-                    entries = reply[0][1]
+                    entries: list[Any] = reply[0][1]  # [[stream, [(id, fields), ...]]]
                     await self.journal.persist(entries)
                     last_id = entries[-1][0]
                     changed = True

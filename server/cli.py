@@ -57,8 +57,6 @@ def serve_until_signal(server: uvicorn.Server, sock: socket.socket) -> None:
     """Runs uvicorn until SIGINT or SIGTERM, then shuts down cleanly (no traceback, exit 0)."""
     import uvloop
 
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-
     async def go() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -108,7 +106,6 @@ async def run_matcher(settings: Settings) -> None:
         metrics_server = uvicorn.Server(
             uvicorn_config(create_matcher_app(matcher), settings.host, settings.metrics_port, lifespan="off")
         )
-        metrics_server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         sock = bind(settings.host, settings.metrics_port, "ASTROQ_METRICS_PORT")
         tasks.append(asyncio.create_task(metrics_server.serve(sockets=[sock]), name="matcher-metrics"))
     stop = asyncio.Event()

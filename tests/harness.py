@@ -241,7 +241,6 @@ class Service:
         port = free_port()
         app = create_app(self.settings, with_matcher=with_matcher, schema=self.schema)
         server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, timeout_graceful_shutdown=2))
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         task = asyncio.create_task(server.serve())
         self._servers.append((server, task))
         while not server.started:
@@ -310,7 +309,6 @@ async def start_service(database_url: str, redis_url: str, **overrides: Any) -> 
     port = free_port()
     app = create_app(settings, with_matcher=with_matcher, schema=schema)
     server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, timeout_graceful_shutdown=2))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
