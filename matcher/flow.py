@@ -195,6 +195,7 @@ def fair_shares(members: Iterable[tuple[str, float]], total: int) -> dict[str, f
 _ID = operator.attrgetter("id")
 _WEIGHT = operator.attrgetter("weight")
 _IDLE = operator.attrgetter("idle_since_ms")
+_IDLE_ID = operator.attrgetter("idle_since_ms", "id")
 
 
 def _eligible(
@@ -220,6 +221,9 @@ def _eligible(
 
 def _without(members: tuple[tuple[str, float], ...], gone: list[str]) -> tuple[tuple[str, float], ...]:
     """`members` (sorted by id) without the ids in `gone`, by slicing rather than a scan."""
+    if len(gone) == 1:
+        at = bisect.bisect_left(members, (gone[0],))
+        return members[:at] + members[at + 1 :]
     kept: list[tuple[tuple[str, float], ...]] = []
     start = 0
     for aid in sorted(gone):
@@ -293,23 +297,23 @@ class _Fair:
         self.weight_of = weight_of
         self.astrologer_of = astrologer_of
         self.weight_sum = weight_sum = sum(map(scaled.__getitem__, weight_of.values()))
-        self.version: dict[str, int] = {}
         counts, total = self.counts, self.total
+        # Counted members start at version 1, so their version-0 entries in ``zero``
+        # are stale from the outset: no pass to filter them out.
+        self.version: dict[str, int] = dict.fromkeys(counts, 1)
         idles = list(map(_IDLE, self.chosen))
         self.late = max(idles) + 1
         if self.order:
             idles = [self.idle_of(aid) for aid in ids]
         zero = list(zip(map(operator.neg, weights), idles, ids, itertools.repeat(0)))
-        if counts or gone:
-            zero = [entry for entry in zero if entry[2] in weight_of and entry[2] not in counts]
         ready: list[tuple[int, int, str, int]] = []
         ahead: list[tuple[int, str, int]] = []
         for aid, c in counts.items():
             n = scaled[weight_of[aid]]
             if c * weight_sum <= total * n:
-                ready.append((((c + 1) << shift) // n, self.idle_of(aid), aid, 0))
+                ready.append((((c + 1) << shift) // n, self.idle_of(aid), aid, 1))
             else:
-                ahead.append(((c << shift) // n, aid, 0))
+                ahead.append(((c << shift) // n, aid, 1))
         heapq.heapify(zero)
         heapq.heapify(ready)
         heapq.heapify(ahead)
@@ -347,6 +351,25 @@ class _Fair:
                 return entry
         return None
 
+    def _first_pick(self, excluded: frozenset[str]) -> Astrologer | None:
+        """Fresh stretch, first pick: the heaviest, then the longest idle, then the smallest id."""
+        weights, chosen = self.weights, self.chosen
+        if excluded:
+            entries = zip(map(operator.neg, weights), map(_IDLE, chosen), self.ids, chosen)
+            best = min((e for e in entries if e[2] not in excluded), default=None)
+            return None if best is None else best[3]
+        # Scans in C: find the heaviest, and only rank the ones tied with it.
+        heaviest = max(weights)
+        at = weights.index(heaviest)
+        ties = weights.count(heaviest)
+        if ties == 1:
+            return chosen[at]
+        tied = [chosen[at]]
+        for _ in range(ties - 1):
+            at = weights.index(heaviest, at + 1)
+            tied.append(chosen[at])
+        return min(tied, key=_IDLE_ID)
+
     def pick(self, excluded: frozenset[str]) -> str | None:
         """Choose the member for one general request, or None when all are excluded.
 
@@ -354,15 +377,8 @@ class _Fair:
         """
         if not self.built:
             if not self.counts and not self.removed and not self.order:
-                # Fresh stretch, first pick: the smallest (-w, idle, id).
-                entries = zip(map(operator.neg, self.weights), map(_IDLE, self.chosen), self.ids, self.chosen)
-                if excluded:
-                    entries = (e for e in entries if e[2] not in excluded)  # type: ignore[assignment]
-                best = min(entries, default=None)
-                if best is None:
-                    return None
-                self.fast = best[3]
-                return best[2]
+                self.fast = self._first_pick(excluded)
+                return None if self.fast is None else self.fast.id
             self._build()
         version, counts, weight_of, scaled = self.version, self.counts, self.weight_of, self.scaled
         ahead = self.ahead
@@ -492,10 +508,17 @@ def decide(snapshot: FlowSnapshot) -> Decision:
     # 1. Each free astrologer's own line first.
     direct = snapshot.direct
     if direct and any(direct.values()):
-        by_id = {a.id: a for a in astrologers if a.load < a.capacity}
-        for aid in sorted(direct):
-            a = by_id.get(aid)
-            if a is None:
+        lines = sorted(aid for aid, waiting in direct.items() if waiting)
+        if len(lines) <= 8:
+            # A few lines: find their astrologers by a scan in C rather than a dict of all.
+            ids = list(map(_ID, snapshot.astrologers))
+            named = {aid: snapshot.astrologers[ids.index(aid)] for aid in lines if aid in ids}
+        else:
+            named = {a.id: a for a in snapshot.astrologers}
+        filled: set[str] = set()
+        for aid in lines:
+            a = named.get(aid)
+            if a is None or a.load >= a.capacity:
                 continue
             room = a.capacity - a.load
             given = 0
@@ -508,8 +531,10 @@ def decide(snapshot: FlowSnapshot) -> Decision:
             if given:
                 served[aid] = given
                 order[aid] = len(offers)
-        if served:
-            astrologers = [a for a in by_id.values() if served.get(a.id, 0) < a.capacity - a.load]
+                if given == room:
+                    filled.add(aid)
+        if filled:
+            astrologers = [a for a in astrologers if a.id not in filled]
 
     # 2. The eligible set for the general line, and whether the stretch carries on.
     chosen, weights = _eligible(astrologers, snapshot.top_flow, snapshot.boost)
@@ -532,11 +557,11 @@ def decide(snapshot: FlowSnapshot) -> Decision:
         excluded = waiting.excluded
         if excluded and fair.covers(excluded):
             continue
-        aid = fair.pick(excluded)
-        if aid is None:
+        picked = fair.pick(excluded)
+        if picked is None:
             continue
-        offers.append(Offer(waiting.request_id, aid, False))
-        fair.assign(aid, len(offers))
+        offers.append(Offer(waiting.request_id, picked, False))
+        fair.assign(picked, len(offers))
 
     if fair.removed:
         members = _without(members, fair.removed)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import gc
 import heapq
 import itertools
 import json
@@ -99,8 +100,8 @@ class Scenario:
     arrival_s: tuple[float, ...]  # sorted
     direct_u: tuple[float, ...]  # < 0: a general request; else picks the named astrologer
     session_s: tuple[float, ...]
-    outcome_u: tuple[tuple[float, ...], ...]  # per request, per attempt
-    response_s: tuple[tuple[float, ...], ...]
+    outcome_u: tuple[float, ...]  # ATTEMPT_DRAWS per request: [r * ATTEMPT_DRAWS + attempt]
+    response_s: tuple[float, ...]  # seconds to accept or decline, laid out the same way
     offer_timeout_s: float
     max_missed: int
     max_wait_s: float
@@ -117,11 +118,14 @@ def demand(t_s: float) -> float:
 def _sample_times(rng: random.Random, count: int) -> list[float]:
     # Conditioned on its count, a Poisson process's arrivals are independent draws
     # from the normalised rate: sample them by rejection.
-    peak = 1.9
+    rand, cos = rng.random, math.cos
+    scale = 2 * math.pi / DAY_S
+    shift = PEAK_HOUR * 3600.0
     out: list[float] = []
     while len(out) < count:
-        t = rng.random() * DAY_S
-        if rng.random() * peak <= demand(t):
+        t = rand() * DAY_S
+        theta = (t - shift) * scale
+        if rand() * 1.9 <= 1.0 + 0.7 * cos(theta) + 0.2 * cos(2 * theta):
             out.append(t)
     return out
 
@@ -130,8 +134,9 @@ def _status_changes(shift: tuple[float, float], breaks: list[tuple[float, float]
     """Status over one day (wrapping at midnight) from a shift and breaks inside it."""
 
     def segments(start: float, end: float) -> list[tuple[float, float]]:
+        length = end - start
         start %= DAY_S
-        end = start + (end - start if end >= start else end + DAY_S - start)
+        end = start + length
         if end <= DAY_S:
             return [(start, end)]
         return [(start, DAY_S), (0.0, end - DAY_S)]
@@ -161,8 +166,12 @@ def make_scenario(
     max_wait_s: float = 1800.0,
     load: float = 0.7,
     boost: float = 2.0,
+    capacity: int | None = None,
 ) -> Scenario:
-    """A synthetic day, fully determined by its arguments."""
+    """A synthetic day, fully determined by its arguments.
+
+    `capacity` gives every astrologer that capacity instead of a mix of 1 to 4.
+    """
     rng = random.Random(seed)
     specs: list[AstrologerSpec] = []
     capacity_s = 0.0
@@ -182,14 +191,16 @@ def make_scenario(
             if status == ONLINE
         )
         weight = rng.choice(WEIGHTS)
-        capacity = rng.choice(CAPACITIES)
+        slots = rng.choice(CAPACITIES)  # drawn either way, so --capacity keeps the rest of the day
+        if capacity is not None:
+            slots = capacity
         is_top = rng.random() < 0.1
-        capacity_s += capacity * online_s
+        capacity_s += slots * online_s
         specs.append(
             AstrologerSpec(
                 id=f"a{i:0{width}d}",
                 weight=weight,
-                capacity=capacity,
+                capacity=slots,
                 is_top=is_top,
                 flow_enabled=rng.random() >= 0.04,
                 p_decline=rng.uniform(0.01, 0.08),
@@ -201,13 +212,14 @@ def make_scenario(
     arrivals = sorted(_sample_times(rng, requests))
     mean_session_s = load * capacity_s / max(requests, 1)
     mu = math.log(mean_session_s) - SESSION_SIGMA**2 / 2
+    rand = rng.random
     return Scenario(
         astrologers=tuple(specs),
         arrival_s=tuple(arrivals),
-        direct_u=tuple(rng.random() if rng.random() < direct_share else -1.0 for _ in arrivals),
+        direct_u=tuple(rand() if rand() < direct_share else -1.0 for _ in arrivals),
         session_s=tuple(rng.lognormvariate(mu, SESSION_SIGMA) for _ in arrivals),
-        outcome_u=tuple(tuple(rng.random() for _ in range(ATTEMPT_DRAWS)) for _ in arrivals),
-        response_s=tuple(tuple(rng.uniform(1.0, 10.0) for _ in range(ATTEMPT_DRAWS)) for _ in arrivals),
+        outcome_u=tuple(rand() for _ in range(requests * ATTEMPT_DRAWS)),
+        response_s=tuple(1.0 + 9.0 * rand() for _ in range(requests * ATTEMPT_DRAWS)),
         offer_timeout_s=offer_timeout_s,
         max_missed=max_missed,
         max_wait_s=max_wait_s,
@@ -241,6 +253,8 @@ class _Run:
         n = self.n = len(specs)
         self.specs = specs
         self.capacity = [s.capacity for s in specs]
+        self.p_decline = [s.p_decline for s in specs]
+        self.p_fail = [s.p_decline + s.p_miss for s in specs]  # declined or missed
         self.index = {s.id: i for i, s in enumerate(specs)}
         self.max_capacity = max(self.capacity, default=1)
         self.max_popularity = max((s.popularity for s in specs), default=1.0)
@@ -335,21 +349,23 @@ class _Run:
         arrivals = self.arrival_s
         count = len(arrivals)
         next_arrival = 0
-        events = self.events
+        events, load = self.events, self.load
         pop = heapq.heappop
+        arrive, answer, refresh, match = self.arrive, self.answer, self.refresh, self.match
+        elig, direct_ready = self.elig, self.direct_ready
         while events or next_arrival < count:
             if next_arrival < count and (not events or arrivals[next_arrival] <= events[0][0]):
                 self.now = arrivals[next_arrival]
-                self.arrive(next_arrival)
+                arrive(next_arrival)
                 next_arrival += 1
             else:
                 t, _, kind, a, b = pop(events)
                 self.now = t
                 if kind == EV_ANSWER:
-                    self.answer(a, b)
+                    answer(a, b)
                 elif kind == EV_SESSION_END:
-                    self.load[a] -= 1
-                    self.refresh(a)
+                    load[a] -= 1
+                    refresh(a)
                 elif kind == EV_STATUS:
                     self.scheduled[a] = b
                     self.set_status(a)
@@ -357,8 +373,8 @@ class _Run:
                     self.set_status(a)
                 else:
                     self.set_flow(modes[a])
-            if (self.waiting_general and self.elig) or self.direct_ready:
-                self.match()
+            if (self.waiting_general and elig) or direct_ready:
+                match()
         return self.report()
 
     def arrive(self, r: int) -> None:
@@ -625,9 +641,9 @@ class _Run:
         if self.waiting_general and self.elig:
             excluded = self.excluded
             for r in self.general_head():
-                i = self.choose(excluded[r])
-                if i is not None:
-                    self.offer(r, i)
+                picked = self.choose(excluded[r])
+                if picked is not None:
+                    self.offer(r, picked)
                 if not self.elig:
                     break
         self.observe_set()
@@ -745,15 +761,14 @@ class _Run:
         self.offer_astro.append(i)
         self.offer_live.append(True)
         self.open_offers[i].add(token)
-        spec = self.specs[i]
-        draw = attempt % ATTEMPT_DRAWS
-        u = self.outcome_u[r][draw]
-        if u < spec.p_decline:
-            event = (now + self.response_s[r][draw], next(self.event_seq), EV_ANSWER, token, DECLINE)
-        elif u < spec.p_decline + spec.p_miss:
+        draw = r * ATTEMPT_DRAWS + attempt % ATTEMPT_DRAWS
+        u = self.outcome_u[draw]
+        if u < self.p_decline[i]:
+            event = (now + self.response_s[draw], next(self.event_seq), EV_ANSWER, token, DECLINE)
+        elif u < self.p_fail[i]:
             event = (now + self.offer_timeout_s, next(self.event_seq), EV_ANSWER, token, EXPIRE)
         else:
-            event = (now + self.response_s[r][draw], next(self.event_seq), EV_ANSWER, token, ACCEPT)
+            event = (now + self.response_s[draw], next(self.event_seq), EV_ANSWER, token, ACCEPT)
         heapq.heappush(self.events, event)
         self.load[i] += 1
         self.refresh(i)
@@ -827,7 +842,7 @@ class _Run:
             if self.status[i] == ONLINE:
                 self.online_s[i] += self.now - self.online_since[i]
         total = sum(self.general_offers)
-        rows = []
+        rows: list[dict[str, Any]] = []
         ratios = []
         for i, spec in enumerate(self.specs):
             target = self.entitled[i]
@@ -876,14 +891,19 @@ def percentile(values: Sequence[float], pct: float, *, ordered: bool = False) ->
         return 0.0
     if not ordered:
         values = sorted(values)
-    rank = max(1, math.ceil(pct / 100 * len(values)))
+    rank = max(1, math.ceil(pct * len(values) / 100 - 1e-9))  # 99.9% of 1000 is 999, not 1000
     return values[rank - 1]
 
 
+QUANTILE_POINTS: tuple[float, ...] = (*range(0, 100), 99.5, 99.9, 100.0)
+
+
 def quantiles(values: Sequence[float]) -> list[float]:
-    """Percentiles 0 to 100 (0 is the minimum)."""
+    """Values at QUANTILE_POINTS percent (0 is the minimum), for the chart."""
     ordered = sorted(values)
-    return [ordered[0] if ordered else 0.0] + [percentile(ordered, q, ordered=True) for q in range(1, 101)]
+    if not ordered:
+        return [0.0] * len(QUANTILE_POINTS)
+    return [ordered[0]] + [percentile(ordered, q, ordered=True) for q in QUANTILE_POINTS[1:]]
 
 
 # --------------------------------------------------------------------------- running
@@ -892,9 +912,18 @@ _SCENARIO: Scenario | None = None  # handed to forked workers without pickling
 
 
 def _run_policy(policy: str) -> dict[str, Any]:
-    assert _SCENARIO is not None
+    if _SCENARIO is None:
+        raise RuntimeError("no scenario to run")
     started = time.perf_counter()
-    result = _Run(_SCENARIO, policy).run()
+    # The run makes millions of short-lived tuples and no reference cycles worth
+    # collecting; the cyclic collector would only rescan the scenario (~5 % of the time).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        result = _Run(_SCENARIO, policy).run()
+    finally:
+        if collecting:
+            gc.enable()
     result["elapsed_s"] = time.perf_counter() - started
     return result
 
@@ -967,7 +996,7 @@ def format_text(results: dict[str, dict[str, Any]], scenario: Scenario, headline
         general = f"{r['wait_p50_s']:.1f}/{r['wait_p95_s']:.1f}/{r['wait_p99_s']:.1f}"
         direct = f"{r['direct_wait_p50_s']:.1f}/{r['direct_wait_p95_s']:.1f}/{r['direct_wait_p99_s']:.1f}"
         lines.append(
-            f"{name:<15}{r['jain']:>7.4f}{r['max_lag']:>10.1f}{r['stretch_lag']:>13.2f}"
+            f"{name:<15}{r['jain']:>7.4f}{r['max_lag']:>10.1f}{r['stretch_lag']:>13.3f}"
             f"{general:>29}{direct:>28}{r['cancelled'].get('timeout', 0):>10}"
         )
     return "\n".join(lines)
@@ -986,96 +1015,126 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _fmt_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:g} s"
+    if seconds < 3600:
+        return f"{seconds / 60:g} min"
+    return f"{seconds / 3600:g} h"
+
+
 def render_svg(results: dict[str, dict[str, Any]], scenario: Scenario, headline: str) -> str:
     """A self-contained chart: shares against targets per policy, and wait distributions."""
     names = list(results)
-    panel, gap, margin = 230, 30, 50
-    width = max(margin * 2 + len(names) * (panel + gap) - gap, 1000)
-    height = 880
+    colour = {name: COLOURS.get(name, "#333") for name in names}
+    panel, gap, margin = 210, 34, 56
+    width = max(2 * margin + len(names) * (panel + gap) - gap, 1100)
+    height = 990
     out: list[str] = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Arial, sans-serif" font-size="12">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{margin}" y="28" font-size="17" font-weight="bold">{_esc(headline)}</text>',
-        f'<text x="{margin}" y="62" font-size="14" font-weight="bold">General offers per astrologer: '
-        "actual share against its fair target (on the diagonal = fair)</text>",
+        f'<text x="{margin}" y="30" font-size="17" font-weight="bold">{_esc(headline)}</text>',
+        f'<text x="{margin}" y="64" font-size="14" font-weight="bold">General offers per astrologer: '
+        "actual share against its fair target (on the dashed diagonal = fair)</text>",
+        f'<text x="{margin}" y="82" fill="#555" font-size="11">Target: each general offer entitles every '
+        "astrologer free at that moment to weight / (sum of free weights) of it. Dot area grows with weight.</text>",
     ]
+
+    # 1. Scatter of actual share against target share, one panel per policy.
     rows = {name: results[name]["astrologers"] for name in names}
     top = max((max(r["target_share"], r["actual_share"]) for rs in rows.values() for r in rs), default=0.01)
-    top = top * 1.08 or 0.01
-    y0 = 80
+    top = (math.ceil(top * 1.05 * 100) / 100) or 0.01  # a round percentage
+    y0 = 100
     for k, name in enumerate(names):
         x0 = margin + k * (panel + gap)
         r = results[name]
         out.append(f'<rect x="{x0}" y="{y0}" width="{panel}" height="{panel}" fill="#fafafa" stroke="#999"/>')
-        out.append(f'<line x1="{x0}" y1="{y0 + panel}" x2="{x0 + panel}" y2="{y0}" stroke="#bbb" stroke-dasharray="4 3"/>')
+        for frac in (0.5, 1.0):
+            gx = x0 + panel * frac
+            gy = y0 + panel - panel * frac
+            out.append(f'<line x1="{gx:.1f}" y1="{y0}" x2="{gx:.1f}" y2="{y0 + panel}" stroke="#e6e6e6"/>')
+            out.append(f'<line x1="{x0}" y1="{gy:.1f}" x2="{x0 + panel}" y2="{gy:.1f}" stroke="#e6e6e6"/>')
+            label = f"{100 * top * frac:g}%"
+            out.append(f'<text x="{gx:.1f}" y="{y0 + panel + 13}" text-anchor="middle" font-size="10">{label}</text>')
+            if k == 0:
+                out.append(f'<text x="{x0 - 4}" y="{gy + 4:.1f}" text-anchor="end" font-size="10">{label}</text>')
+        out.append(f'<line x1="{x0}" y1="{y0 + panel}" x2="{x0 + panel}" y2="{y0}" stroke="#888" stroke-dasharray="5 4"/>')
         for row, spec in zip(rows[name], scenario.astrologers):
             if row["target"] < 1 and row["actual"] == 0:
                 continue
-            cx = x0 + panel * row["target_share"] / top
-            cy = y0 + panel - panel * row["actual_share"] / top
-            radius = 1.5 + 1.3 * spec.weight
-            out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{radius:.1f}" fill="{COLOURS.get(name, "#333")}" fill-opacity="0.55"/>')
-        out.append(f'<text x="{x0 + panel / 2}" y="{y0 + panel + 18}" text-anchor="middle" font-weight="bold">{_esc(name)}</text>')
-        out.append(
-            f'<text x="{x0 + panel / 2}" y="{y0 + panel + 34}" text-anchor="middle">'
-            f"Jain {r['jain']:.4f} · max lag {r['max_lag']:.1f}</text>"
-        )
-        out.append(
-            f'<text x="{x0 + panel / 2}" y="{y0 + panel + 50}" text-anchor="middle">'
-            f"stretch lag {r['stretch_lag']:.2f}</text>"
-        )
-        out.append(f'<text x="{x0}" y="{y0 + panel + 66}" fill="#666" font-size="10">target share → (0–{100 * top:.1f}%)</text>')
-    out.append(
-        f'<text x="{margin}" y="{y0 + panel + 84}" fill="#666" font-size="11">'
-        "dot size grows with the astrologer's weight; y: actual share of general offers</text>"
-    )
+            cx = x0 + panel * min(row["target_share"] / top, 1.0)
+            cy = y0 + panel - panel * min(row["actual_share"] / top, 1.0)
+            radius = 1.8 * math.sqrt(spec.weight) + 1.0
+            out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{radius:.1f}" fill="{colour[name]}" fill-opacity="0.6"/>')
+        out.append(f'<text x="{x0 + panel / 2}" y="{y0 + panel + 32}" text-anchor="middle" font-size="13" '
+                   f'font-weight="bold">{_esc(name)}</text>')
+        out.append(f'<text x="{x0 + panel / 2}" y="{y0 + panel + 49}" text-anchor="middle">'
+                   f"Jain {r['jain']:.3f} · max lag {r['max_lag']:.0f}</text>")
+        out.append(f'<text x="{x0 + panel / 2}" y="{y0 + panel + 65}" text-anchor="middle">'
+                   f"stretch lag {r['stretch_lag']:.3f}</text>")
+    out.append(f'<text x="{margin - 40}" y="{y0 + panel / 2}" font-size="11" fill="#555" '
+               f'transform="rotate(-90 {margin - 40} {y0 + panel / 2})" text-anchor="middle">actual share</text>')
+    out.append(f'<text x="{margin}" y="{y0 + panel + 86}" fill="#555" font-size="11">x: target share. '
+               "Max lag: the largest |target - actual| at the end of the day, in requests.</text>")
+    out.append(f'<text x="{margin}" y="{y0 + panel + 101}" fill="#555" font-size="11">Stretch lag: SPEC §5\'s '
+               "measure, the largest |count - share| within any stretch (eligible set unchanged); under 1 for "
+               "astroq unless a request's exclusions force a pick.</text>")
 
-    # Wait distributions: general and direct, cumulative, log time axis.
-    chart_y = y0 + panel + 130
-    chart_h = 300
-    chart_w = (width - 2 * margin - 60) / 2
-    quantiles = [("General requests: wait until accepted", "wait_quantiles_s"),
-                 ("Direct requests: wait until accepted", "direct_wait_quantiles_s")]
-    longest = max((max(r[key]) for _, key in quantiles for r in results.values() if r[key]), default=10.0)
-    t_max = 10 ** math.ceil(math.log10(max(longest, 10.0)))
-    t_min = 1.0
-    for c, (title, key) in enumerate(quantiles):
-        x0 = margin + c * (chart_w + 60)
-        out.append(f'<text x="{x0}" y="{chart_y - 14}" font-size="14" font-weight="bold">{_esc(title)}</text>')
-        out.append(f'<rect x="{x0}" y="{chart_y}" width="{chart_w}" height="{chart_h}" fill="#fafafa" stroke="#999"/>')
-        decade = t_min
-        while decade <= t_max:
-            gx = x0 + chart_w * math.log10(decade / t_min) / math.log10(t_max / t_min)
+    # 2. Wait distributions, general and direct: log time, tail-stretched percent.
+    chart_y = y0 + panel + 150
+    chart_h = 330
+    chart_w = (width - 2 * margin - 70) / 2
+    charts = [("General requests: wait from arrival to acceptance", "wait_quantiles_s"),
+              ("Direct requests: wait from arrival to acceptance", "direct_wait_quantiles_s")]
+    ticks_s = [1.0, 10.0, 60.0, 600.0, 3600.0]
+    t_min, t_max = ticks_s[0], ticks_s[-1]
+
+    def x_of(x0: float, value: float) -> float:
+        v = min(max(value, t_min), t_max)
+        return x0 + chart_w * math.log10(v / t_min) / math.log10(t_max / t_min)
+
+    def y_of(pct: float) -> float:
+        # -log10(1 - p): 50% at 0.3, 90% at 1, 99% at 2, 99.9% at 3.
+        depth = -math.log10(max(1 - pct / 100, 1e-3))
+        return chart_y + chart_h - chart_h * depth / 3
+
+    for c, (title, key) in enumerate(charts):
+        left = margin + c * (chart_w + 70.0)
+        out.append(f'<text x="{left}" y="{chart_y - 14}" font-size="14" font-weight="bold">{_esc(title)}</text>')
+        out.append(f'<rect x="{left}" y="{chart_y}" width="{chart_w:.1f}" height="{chart_h}" fill="#fafafa" stroke="#999"/>')
+        for tick in ticks_s:
+            gx = x_of(left, tick)
             out.append(f'<line x1="{gx:.1f}" y1="{chart_y}" x2="{gx:.1f}" y2="{chart_y + chart_h}" stroke="#e2e2e2"/>')
-            label = f"{decade:g} s" if decade < 60 else (f"{decade / 60:g} min" if decade < 3600 else f"{decade / 3600:g} h")
-            out.append(f'<text x="{gx:.1f}" y="{chart_y + chart_h + 16}" text-anchor="middle" font-size="11">{label}</text>')
-            decade *= 10
-        for pct in (50, 95, 99):
-            gy = chart_y + chart_h - chart_h * pct / 100
-            out.append(f'<line x1="{x0}" y1="{gy:.1f}" x2="{x0 + chart_w}" y2="{gy:.1f}" stroke="#e2e2e2"/>')
-            out.append(f'<text x="{x0 - 6}" y="{gy + 4:.1f}" text-anchor="end" font-size="11">p{pct}</text>')
+            out.append(f'<text x="{gx:.1f}" y="{chart_y + chart_h + 16}" text-anchor="middle" font-size="11">'
+                       f"{_fmt_duration(tick)}</text>")
+        for pct in (0, 50, 90, 99, 99.9):
+            gy = y_of(pct)
+            out.append(f'<line x1="{left}" y1="{gy:.1f}" x2="{left + chart_w:.1f}" y2="{gy:.1f}" stroke="#e2e2e2"/>')
+            out.append(f'<text x="{left - 6}" y="{gy + 4:.1f}" text-anchor="end" font-size="11">p{pct:g}</text>')
         for name in names:
             qs = results[name][key]
             if not any(qs):
                 continue
-            points = []
-            for pct, value in enumerate(qs):
-                v = min(max(value, t_min), t_max)
-                px = x0 + chart_w * math.log10(v / t_min) / math.log10(t_max / t_min)
-                py = chart_y + chart_h - chart_h * pct / 100
-                points.append(f"{px:.1f},{py:.1f}")
-            out.append(
-                f'<polyline points="{" ".join(points)}" fill="none" stroke="{COLOURS.get(name, "#333")}" stroke-width="2"/>'
-            )
-        out.append(f'<text x="{x0 + chart_w / 2}" y="{chart_y + chart_h + 34}" text-anchor="middle" fill="#666" font-size="11">'
-                   "wait (log scale); curve = share of requests accepted within that wait</text>")
-    legend_y = chart_y + chart_h + 60
+            points = " ".join(f"{x_of(left, v):.1f},{y_of(p):.1f}" for p, v in zip(QUANTILE_POINTS, qs) if p < 100)
+            out.append(f'<polyline points="{points}" fill="none" stroke="{colour[name]}" stroke-width="2" '
+                       'stroke-opacity="0.85"/>')
+        out.append(f'<text x="{left + chart_w / 2:.1f}" y="{chart_y + chart_h + 34}" text-anchor="middle" fill="#555" '
+                   'font-size="11">wait (log scale); a curve reaching pN at t: N% were accepted within t</text>')
+
+    # 3. Legend with the numbers behind the curves.
+    legend_y = chart_y + chart_h + 66
+    out.append(f'<text x="{margin}" y="{legend_y}" font-weight="bold">policy: general wait p50 / p95 / p99 · '
+               "direct wait p50 / p95 / p99</text>")
     for k, name in enumerate(names):
-        lx = margin + k * 180
-        out.append(f'<rect x="{lx}" y="{legend_y - 10}" width="14" height="10" fill="{COLOURS.get(name, "#333")}"/>')
         r = results[name]
-        out.append(f'<text x="{lx + 20}" y="{legend_y}">{_esc(name)} (p95 {r["wait_p95_s"]:.0f} s)</text>')
+        ly = legend_y + 20 + 18 * k
+        out.append(f'<rect x="{margin}" y="{ly - 10}" width="14" height="10" fill="{colour[name]}"/>')
+        out.append(
+            f'<text x="{margin + 22}" y="{ly}">{_esc(name)}: '
+            f"{r['wait_p50_s']:.0f} / {r['wait_p95_s']:.0f} / {r['wait_p99_s']:.0f} s · "
+            f"{r['direct_wait_p50_s']:.0f} / {r['direct_wait_p95_s']:.0f} / {r['direct_wait_p99_s']:.0f} s</text>"
+        )
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -1094,6 +1153,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-wait", type=float, default=1800.0, help="seconds before a request times out; 0 = never")
     parser.add_argument("--load", type=float, default=0.7, help="mean use of capacity the sessions aim at (default 0.7)")
     parser.add_argument("--boost", type=float, default=2.0, help="top_flow boost factor (default 2)")
+    parser.add_argument("--capacity", type=int, help="give every astrologer this capacity (default: a mix of 1-4)")
     parser.add_argument("--policies", default=",".join(POLICIES),
                         help=f"comma-separated, from {', '.join(POLICIES)} (default all)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
@@ -1109,6 +1169,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in policies if p not in POLICIES]
     if unknown or not policies:
         parser.error(f"unknown policy: {', '.join(unknown) or '(none)'}; choose from {', '.join(POLICIES)}")
+    if args.capacity is not None and args.capacity < 1:
+        parser.error("--capacity must be at least 1")
     if args.requests < 1 or args.astrologers < 1:
         parser.error("--requests and --astrologers must be at least 1")
     if not 0 <= args.direct_share <= 1:
@@ -1126,6 +1188,7 @@ def main(argv: list[str] | None = None) -> int:
         max_wait_s=args.max_wait,
         load=args.load,
         boost=args.boost,
+        capacity=args.capacity,
     )
     results = run_policies(scenario, policies, jobs=max(1, args.jobs))
     elapsed = time.perf_counter() - started
