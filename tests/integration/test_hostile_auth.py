@@ -371,15 +371,38 @@ async def test_deleted_account_token_is_refused(shared: Service) -> None:
     assert_error(reply, 401, "invalid_token")
 
 
-async def test_deleted_account_cannot_act_on_an_open_socket(shared: Service) -> None:
-    """An account deleted while its socket is open gains nothing by reconnecting."""
+async def test_deleted_account_cannot_come_back(shared: Service) -> None:
+    """An account deleted while its socket is open cannot reconnect with its token."""
     user = await shared.user()
     page = await shared.connect(user)
     await shared.fetch("DELETE FROM users WHERE id = $1", user.id)
     await page.close()
     assert await ws_by_frame(shared, user.token) == 4403
-    rows = await shared.fetch("SELECT count(*) AS n FROM requests WHERE user_id = $1", user.id)
-    assert rows[0]["n"] == 0
+    assert await shared.fetch("SELECT id FROM requests WHERE user_id = $1", user.id) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "the request is applied in Redis, then PostgreSQL refuses its row (the user is gone) and "
+        "matcher/journal.py:131-140 (Journal._persist_one_by_one) drops the outbox entry together "
+        "with its frames, so the ack, or an error, never reaches the socket: the frame goes "
+        "unanswered (SPEC §4: every state-changing frame gets an ack or an error)"
+    ),
+)
+async def test_a_frame_from_a_deleted_accounts_open_socket_is_answered(shared: Service) -> None:
+    """The account is deleted while its socket is open: the next request gets an error
+    (or the socket is closed, 4403) and leaves no row behind."""
+    user = await shared.user()
+    page = await shared.connect(user)
+    await shared.fetch("DELETE FROM users WHERE id = $1", user.id)
+    try:
+        reply = await page.call({"type": "request", "kind": "chat", "astrologer_id": None}, timeout=5.0)
+    except ConnectionClosed as exc:
+        assert exc.rcvd is not None and exc.rcvd.code == 4403, exc
+    else:
+        assert reply["type"] == "error", reply
+    assert await shared.fetch("SELECT id FROM requests WHERE user_id = $1", user.id) == []
 
 
 # ---- Origin ----------------------------------------------------------------------------------
