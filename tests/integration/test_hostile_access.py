@@ -30,7 +30,9 @@ RECORD = {
 }
 
 # Frames a victim would get if a hostile frame had been applied to its request or session.
-CONSEQUENCES = {"cancelled", "session_ended", "assigned", "offer_withdrawn", "offer_expired", "offer", "status"}
+CONSEQUENCES = {
+    "cancelled", "session_ended", "assigned", "offer_withdrawn", "offer_expired", "offer", "status",
+}
 
 
 async def record(service: Service) -> dict[str, list[tuple[Any, ...]]]:
@@ -65,7 +67,8 @@ async def in_session(service: Service, astro: Account, console: Client) -> tuple
     """A new user in a session with `astro`: (user, page, request_id, session_id)."""
     user = await service.user()
     page = await service.connect(user)
-    request_id = (await page.ok({"type": "request", "kind": "chat", "astrologer_id": astro.id}))["request_id"]
+    ack = await page.ok({"type": "request", "kind": "chat", "astrologer_id": astro.id})
+    request_id = ack["request_id"]
     offer = await console.wait_for("offer", request_id=request_id)
     session_id = (await console.ok({"type": "accept", "offer_id": offer["offer_id"]}))["session_id"]
     await page.wait_for("assigned", session_id=session_id)
@@ -73,14 +76,17 @@ async def in_session(service: Service, astro: Account, console: Client) -> tuple
     return user, page, request_id, session_id
 
 
-async def test_a_user_cannot_cancel_end_or_see_anothers_request_or_session(service_factory: Factory) -> None:
+async def test_a_user_cannot_cancel_end_or_see_anothers_request_or_session(
+    service_factory: Factory,
+) -> None:
     service = await service_factory(offer_timeout_s=60.0)
     astro = await service.astrologer()
     console = await service.online(astro)
     owner, owner_page, assigned_request, session_id = await in_session(service, astro, console)
     waiter = await service.user()
     waiter_page = await service.connect(waiter)
-    waiting_request = (await waiter_page.ok({"type": "request", "kind": "call", "astrologer_id": None}))["request_id"]
+    ack = await waiter_page.ok({"type": "request", "kind": "call", "astrologer_id": None})
+    waiting_request = ack["request_id"]
     await waiter_page.wait_for("queued")
     mallory = await service.user("mallory")
     hostile = await service.connect(mallory)
@@ -128,7 +134,9 @@ async def test_a_request_is_always_the_senders_own(service: Service) -> None:
         {"type": "request", "kind": "chat", "astrologer_id": None, "user_id": victim.id, "uid": victim.id}
     )
     if reply["type"] == "ack":
-        rows = await service.fetch("SELECT user_id::text AS uid FROM requests WHERE id = $1", reply["request_id"])
+        rows = await service.fetch(
+            "SELECT user_id::text AS uid FROM requests WHERE id = $1", reply["request_id"]
+        )
         assert [r["uid"] for r in rows] == [mallory.id]
     else:
         assert reply["code"] == "invalid_input", reply
@@ -144,7 +152,8 @@ async def test_an_astrologer_cannot_answer_or_end_for_another(service_factory: F
     owner_console, rival_console = await service.online(owner), await service.online(rival)
     user = await service.user()
     page = await service.connect(user)
-    request_id = (await page.ok({"type": "request", "kind": "chat", "astrologer_id": owner.id}))["request_id"]
+    ack = await page.ok({"type": "request", "kind": "chat", "astrologer_id": owner.id})
+    request_id = ack["request_id"]
     offer_id = (await owner_console.wait_for("offer", request_id=request_id))["offer_id"]
     await settle(owner_console, rival_console, page)
     before = await record(service)
@@ -185,12 +194,12 @@ async def test_frames_of_the_wrong_role_are_forbidden(service: Service) -> None:
     some_id = str(uuid.uuid4())
     before = await record(service)
 
-    astrologer_frames = [
+    astrologer_frames: list[dict[str, Any]] = [
         {"type": "status", "status": "online"},
         {"type": "accept", "offer_id": some_id},
         {"type": "decline", "offer_id": some_id},
     ]
-    user_frames = [
+    user_frames: list[dict[str, Any]] = [
         {"type": "request", "kind": "chat", "astrologer_id": None},
         {"type": "request", "kind": "call", "astrologer_id": astro.id},
         {"type": "cancel", "request_id": some_id},

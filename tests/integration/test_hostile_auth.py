@@ -323,7 +323,9 @@ REFRESH_ATTACKS: dict[str, Callable[[Account, Account], str]] = {
     "access-token-as-refresh": lambda v, o: v.token,
     "alg-none": lambda v, o: unsigned(claims(v, type="refresh")),
     "rs256-attacker-key": lambda v, o: RSA.rs256(claims(v, type="refresh")),
-    "hs256-wrong-key": lambda v, o: hs256(claims(v, type="refresh"), "another-secret-that-is-also-long-enough!!"),
+    "hs256-wrong-key": lambda v, o: hs256(
+        claims(v, type="refresh"), "another-secret-that-is-also-long-enough!!"
+    ),
     "tampered-sub-other-user": lambda v, o: tampered(v.refresh_token, sub=o.id),
     "tampered-type-access-to-refresh": lambda v, o: tampered(v.token, type="refresh"),
     "expired-with-a-real-jti": lambda v, o: hs256(
@@ -354,8 +356,11 @@ async def test_forged_refresh_token_is_refused(
 
 async def test_refresh_body_of_the_wrong_shape_is_refused(shared: Service) -> None:
     user = await shared.user()
-    for body in ({}, {"refresh_token": None}, {"refresh_token": 12}, {"refresh_token": [user.refresh_token]},
-                 {"refresh_token": ""}, {"token": user.refresh_token}):
+    bodies: list[dict[str, Any]] = [
+        {}, {"refresh_token": None}, {"refresh_token": 12}, {"refresh_token": [user.refresh_token]},
+        {"refresh_token": ""}, {"token": user.refresh_token},
+    ]
+    for body in bodies:
         reply = await shared.http.post(REFRESH, json=body)
         assert 400 <= reply.status_code < 500, (body, reply.status_code, reply.text)
         assert reply.json()["error"]["code"] in ("invalid_token", "invalid_input"), (body, reply.text)
@@ -366,7 +371,8 @@ async def test_deleted_account_token_is_refused(shared: Service) -> None:
     await shared.fetch("DELETE FROM users WHERE id = $1", user.id)
     assert await ws_by_frame(shared, user.token) == 4403
     assert await ws_by_header(shared, user.token) == 4403
-    assert_error(await shared.http.get(ME, headers={"authorization": f"Bearer {user.token}"}), 401, "invalid_token")
+    reply = await shared.http.get(ME, headers={"authorization": f"Bearer {user.token}"})
+    assert_error(reply, 401, "invalid_token")
     reply = await shared.http.post(REFRESH, json={"refresh_token": user.refresh_token})
     assert_error(reply, 401, "invalid_token")
 
@@ -427,7 +433,7 @@ async def origin_refused(service: Service, origin: str) -> None:
 
 async def origin_accepted(service: Service, origin: str | None) -> None:
     user = await service.user()
-    extra = {"origin": origin} if origin is not None else {}
+    extra: dict[str, Any] = {"origin": origin} if origin is not None else {}
     client = await service.connect(user, **extra)
     await client.send({"type": "ping"})
     assert (await client.wait_for("pong"))["type"] == "pong"

@@ -221,7 +221,10 @@ class Fuzzer:
 
     def no_ref(self) -> Case:
         """Frames that fail to parse, without a ref: answered in order."""
-        body = self.rng.choice([{"type": 7}, {}, {"kind": "chat"}, {"type": "zzz"}, {"type": "ping"}])
+        shapes: list[dict[str, Any]] = [
+            {"type": 7}, {}, {"kind": "chat"}, {"type": "zzz"}, {"type": "ping"},
+        ]
+        body = self.rng.choice(shapes)
         answers = {"pong"} if body.get("type") == "ping" else {"invalid_input", "unknown_type"}
         if body.get("type") == "zzz":
             answers = {"unknown_type"}
@@ -288,7 +291,7 @@ class Fuzzer:
 
     def wrong_role(self) -> Case | None:
         ref = self.unique_ref()
-        frames = {
+        frames: dict[str, dict[str, Any]] = {
             "request": {"type": "request", "kind": "call", "astrologer_id": None},
             "cancel": {"type": "cancel", "request_id": self.some_id()},
             "end": {"type": "end", "session_id": self.some_id()},
@@ -635,12 +638,12 @@ class BodyFuzzer:
         return body
 
 
-WRONG_TYPES = [None, 0, 1.5, True, [], {}, ["x"], {"$ne": None}]
-BAD_EMAILS = [
+WRONG_TYPES: list[Any] = [None, 0, 1.5, True, [], {}, ["x"], {"$ne": None}]
+BAD_EMAILS: list[Any] = [
     "", "no-at-sign", "a@@b", "@b", "a@", "a b@c", "a@b c", "a\n@b", "x" * 260 + "@b.c", *WRONG_TYPES,
 ]
-BAD_PASSWORDS = ["", "short", "1234567", "x" * 1025, *WRONG_TYPES]
-BAD_NAMES = ["", "   ", "x" * 101, *WRONG_TYPES]
+BAD_PASSWORDS: list[Any] = ["", "short", "1234567", "x" * 1025, *WRONG_TYPES]
+BAD_NAMES: list[Any] = ["", "   ", "x" * 101, *WRONG_TYPES]
 
 
 async def fuzz_http(
@@ -718,7 +721,7 @@ async def test_fuzzed_json_bodies_get_4xx_and_write_nothing(service_factory: Fac
     def patch() -> Any:
         valid = {"name": "Renamed", "weight": 2.0, "capacity": 3, "is_top": True, "flow_enabled": False,
                  "languages": ["en"]}
-        bad = {
+        bad: dict[str, list[Any]] = {
             "weight": [0, -1, "2", True, None, 1e308 * 10, 10**7, [], 2**70],
             "capacity": [0, -1, 1.5, "3", True, 10**6, [], None],
             "is_top": ["true", 1, 0, None, []],
@@ -730,8 +733,9 @@ async def test_fuzzed_json_bodies_get_4xx_and_write_nothing(service_factory: Fac
 
     def flow() -> Any:
         # put_flow ignores fields it does not know, so the refusal must come from these two.
-        bad_top_flow = ["", "OFF", "boosted", None, 1, True, [], {"$ne": "x"}]
-        bad_boost = [0, -1, "2", True, [], {}, 10**7]
+        bad_top_flow: list[Any] = ["", "OFF", "boosted", None, 1, True, [], {"$ne": "x"}]
+        bad_boost: list[Any] = [0, -1, "2", True, [], {}, 10**7]
+        body: dict[str, Any]
         if rng.random() < 0.5:
             body = {"top_flow": rng.choice(bad_top_flow)}
             if rng.random() < 0.5:
@@ -743,7 +747,7 @@ async def test_fuzzed_json_bodies_get_4xx_and_write_nothing(service_factory: Fac
     def create() -> Any:
         email = f"astro-{rng.getrandbits(32):x}@example.test"
         valid = {"email": email, "password": "long-enough-1", "name": "A"}
-        bad = {
+        bad: dict[str, list[Any]] = {
             "email": BAD_EMAILS, "password": BAD_PASSWORDS, "name": BAD_NAMES,
             "weight": [0, "1", -5, True], "capacity": [0, 1.5, "2"],
         }
@@ -777,7 +781,8 @@ async def test_fuzzed_json_bodies_get_4xx_and_write_nothing(service_factory: Fac
         )
     # Every refusal the endpoints have for a bad body came up: the fuzz reached them all.
     assert set(seen) == {
-        "bad_json", "invalid_input", "payload_too_large", "invalid_token", "invalid_credentials", "not_found",
+        "bad_json", "invalid_input", "payload_too_large", "invalid_token", "invalid_credentials",
+        "not_found",
     }, seen
 
     assert await record(service, victim) == before

@@ -67,7 +67,9 @@ async def non_reading_socket(service: Service) -> ClientConnection:
     return await connect(service.ws_url, sock=sock, max_queue=1, ping_interval=None, max_size=None)
 
 
-async def flood(ws: ClientConnection, frames: int, between: Callable[[], Awaitable[None]] | None = None) -> None:
+async def flood(
+    ws: ClientConnection, frames: int, between: Callable[[], Awaitable[None]] | None = None
+) -> None:
     sent = 0
     while sent < frames:
         for _ in range(min(BATCH, frames - sent)):
@@ -238,7 +240,8 @@ async def test_a_burst_over_the_rate_is_answered_frame_by_frame(service_factory:
         "server/ws.py:339 (Gateway._receive) never yields between frames uvicorn has already "
         "read, so one TCP read of more than 1,024 small frames pushes more than 1,024 "
         "replies (rate_limited errors included) before Gateway._send runs; _send then checks "
-        "`overflowed` (server/ws.py:329) before draining and closes 1013 without sending a single queued reply, "
+        "`overflowed` (server/ws.py:329) before draining and closes 1013 without sending a "
+        "single queued reply, "
         "though the client reads everything (SPEC §4: over-rate frames get rate_limited, "
         "the close for a flood is 1008 after 5 s)"
     ),
