@@ -9,6 +9,8 @@ import uuid
 from collections import Counter
 from typing import Any, Awaitable, Callable
 
+import pytest
+
 from tests.harness import Account, Client, Service
 
 Factory = Callable[..., Awaitable[Service]]
@@ -44,6 +46,12 @@ async def status_of(service: Service, astrologer: Account) -> dict[str, Any]:
 async def request_state(service: Service, request_id: str) -> str:
     rows = await service.fetch("SELECT state, reason FROM requests WHERE id = $1", request_id)
     return f"{rows[0]['state']}:{rows[0]['reason']}"
+
+
+async def accept_and_end_later(console: Client) -> str:
+    """Accepts the next offer; the session stays open. Returns its id."""
+    offer = await console.wait_for("offer")
+    return str((await console.ok({"type": "accept", "offer_id": offer["offer_id"]}))["session_id"])
 
 
 async def accept_and_end(console: Client, offer: dict[str, Any]) -> None:
@@ -312,21 +320,70 @@ async def test_user_gone_past_grace_is_abandoned(service_factory: Factory) -> No
     assert ready["state"]["request"] is None  # too late to resume
 
 
+GRACE_MISSED = (
+    "SPEC §5 a disconnected client's grace runs out after ASTROQ_RECONNECT_GRACE: while an offer"
+    " is open, the matcher runs its timers only at the earliest deadline it saw last time"
+    " (matcher/loop.py:216 `if now_ms() >= next_due_ms`), and a grace deadline added later by"
+    " disconnect.lua (server/ws.py _unregister) neither wakes it nor moves that time, so the grace"
+    " is only looked at when the open offer expires"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=GRACE_MISSED)
+async def test_user_gone_past_grace_is_abandoned_while_an_offer_is_open(
+    service_factory: Factory,
+) -> None:
+    service = await service_factory(reconnect_grace_s=0.5, offer_timeout_s=10)
+    astro = await service.astrologer()
+    console = await service.online(astro)
+    offered, gone = [await service.connect(u) for u in await users(service, 2)]
+    await request(offered)
+    await console.wait_for("offer")  # open for 10 s
+    gone_id = await request(gone)
+    await asyncio.sleep(0.6)
+    await gone.close()
+    await service.eventually(
+        "SELECT state || ':' || reason FROM requests WHERE id = $1", "cancelled:abandoned", gone_id,
+        timeout=2,
+    )
+
+
 async def test_astrologer_disconnected_goes_offline_after_grace(service_factory: Factory) -> None:
     service = await service_factory(reconnect_grace_s=0.6)
     astro = await service.astrologer()
     console = await service.online(astro)
-    offered, direct = [await service.connect(u) for u in await users(service, 2)]
-    offered_id = await request(offered)
-    await console.wait_for("offer")
-    direct_id = await request(direct, astro.id)
+    seated, direct = [await service.connect(u) for u in await users(service, 2)]
+    await request(seated, astro.id)
+    await accept_and_end_later(console)
+    direct_id = await request(direct, astro.id)  # waits: its only slot holds a session
     await console.close()
     assert (await status_of(service, astro))["status"] == "online"  # within its grace
     cancelled = await direct.wait_for("cancelled", timeout=5)
     assert cancelled == {"type": "cancelled", "request_id": direct_id, "reason": "astrologer_offline"}
     assert (await status_of(service, astro))["status"] == "offline"
-    assert (await offered.wait_for("position", timeout=2))["position"] == 1
+    await service.eventually(
+        "SELECT reason FROM status_changes WHERE astrologer_id = $1 AND status = 'offline'",
+        "disconnected", astro.id,
+    )
+
+
+@pytest.mark.xfail(strict=True, reason=GRACE_MISSED)
+async def test_astrologer_gone_past_grace_returns_its_open_offers(service_factory: Factory) -> None:
+    service = await service_factory(reconnect_grace_s=0.5, offer_timeout_s=10)
+    astro = await service.astrologer()
+    console = await service.online(astro)
+    offered, behind = [await service.connect(u) for u in await users(service, 2)]
+    offered_id = await request(offered)
+    offer = await console.wait_for("offer")
+    await request(behind)
+    await asyncio.sleep(0.6)
+    await console.close()
+    assert (await offered.wait_for("position", timeout=2))["position"] == 1  # back at the head
     assert await request_state(service, offered_id) == "open:None"
+    await service.eventually(
+        "SELECT outcome FROM offers WHERE id = $1", "returned", offer["offer_id"], timeout=1
+    )
+    assert (await status_of(service, astro))["status"] == "offline"
 
 
 async def test_max_wait_cancels_with_timeout(service_factory: Factory) -> None:

@@ -28,6 +28,25 @@ async def shared(store_urls: tuple[str, str]) -> AsyncIterator[Service]:
     await stop_service(service)
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session", autouse=True)
+async def silent_socket(shared: Service) -> AsyncIterator[asyncio.Task[tuple[int | None, float]]]:
+    """A socket that never authenticates, opened when this module starts, so the 10 s the
+    SPEC allows run alongside the other tests: (close code, seconds until the close)."""
+    client = await shared.connect(None)
+    loop = asyncio.get_running_loop()
+    opened = loop.time()
+
+    async def watch() -> tuple[int | None, float]:
+        code = await close_code(client, timeout=30)
+        return code, loop.time() - opened
+
+    task = asyncio.create_task(watch())
+    yield task
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def close_code(client: Client, timeout: float = 5.0) -> int | None:
     """Reads until the server closes the socket; the close code it sent."""
     try:
@@ -113,14 +132,6 @@ async def test_expired_token_closes_4401(service_factory: Factory) -> None:
     await asyncio.sleep(1.1)
     client = await service.connect(user, ready=False)
     assert await close_code(client) == 4401
-
-
-async def test_no_auth_within_10_s_closes_4408(shared: Service) -> None:
-    client = await shared.connect(None)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    assert await close_code(client, timeout=15) == 4408
-    assert loop.time() - started >= 9.5  # the SPEC gives a client 10 s
 
 
 async def test_deleted_account_closes_4403(shared: Service) -> None:
@@ -277,7 +288,8 @@ async def test_ready_state_of_an_astrologer(service: Service) -> None:
     }
     assert 0 < offer["expires_in"] <= service.settings.offer_timeout_s
     assert state["sessions"] == [
-        {"session_id": session_id, "request_id": seated_request, "user": {"id": seated.id, "name": "Seated"}}
+        {"session_id": session_id, "request_id": seated_request,
+         "user": {"id": seated.id, "name": "Seated"}}
     ]
     assert state["waiting"] == {"direct": 1, "general": 1}
 
@@ -670,6 +682,16 @@ async def test_offer_withdrawn_when_the_user_cancels(shared: Service) -> None:
     assert await error_code(console, {"type": "accept", "offer_id": offer["offer_id"]}) == "offer_expired"
 
 
+GRACE_MISSED = (
+    "SPEC §5 a disconnected client's grace runs out after ASTROQ_RECONNECT_GRACE: while an offer"
+    " is open, the matcher runs its timers only at the earliest deadline it saw last time"
+    " (matcher/loop.py:216 `if now_ms() >= next_due_ms`), and a grace deadline added later by"
+    " disconnect.lua (server/ws.py _unregister) neither wakes it nor moves that time, so the grace"
+    " is only looked at when the open offer expires"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=GRACE_MISSED)
 async def test_offer_withdrawn_when_the_user_is_abandoned(service_factory: Factory) -> None:
     service = await service_factory(reconnect_grace_s=0.5, offer_timeout_s=10)
     astro = await service.astrologer()
@@ -677,8 +699,9 @@ async def test_offer_withdrawn_when_the_user_is_abandoned(service_factory: Facto
     page = await service.connect(await service.user())
     request_id = await request(page)
     offer = await console.wait_for("offer")
+    await asyncio.sleep(0.6)  # the user leaves a little after the offer, not at once
     await page.close()
-    withdrawn = await console.wait_for("offer_withdrawn", timeout=8)
+    withdrawn = await console.wait_for("offer_withdrawn", timeout=2)
     assert withdrawn == {"type": "offer_withdrawn", "offer_id": offer["offer_id"], "reason": "abandoned"}
     await service.eventually(
         "SELECT state || ':' || reason FROM requests WHERE id = $1", "cancelled:abandoned", request_id
@@ -710,13 +733,6 @@ async def test_admin_socket_gets_stats(service: Service) -> None:
     assert frame["waiting"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SPEC §4 admin gets stats at most once a second while anything changes: a change"
-    " within 1 s of the last stats frame is never sent (matcher/loop.py:227-233 checks stats"
-    " only inside the positions pass, which clears positions_dirty, so the pending stats_dirty"
-    " waits for some later change)",
-)
 async def test_admin_stats_follow_changes_that_come_close_together(service: Service) -> None:
     assert service.admin is not None
     admin = await service.connect(service.admin)
@@ -734,12 +750,21 @@ async def test_admin_stats_at_most_once_a_second(service: Service) -> None:
     admin = await service.connect(service.admin)
     await admin.wait_for("stats", timeout=3)  # the one sent on connect
     loop = asyncio.get_running_loop()
-    pages = [await service.connect(await service.user()) for _ in range(6)]
+    pages = [await service.connect(await service.user()) for _ in range(4)]
     arrivals = []
     for page in pages:
         await request(page)
-        arrivals += [loop.time() for f in await admin.quiet(0.25) if f["type"] == "stats"]
+        arrivals += [loop.time() for f in await admin.quiet(0.3) if f["type"] == "stats"]
     arrivals += [loop.time() for f in await admin.quiet(1.2) if f["type"] == "stats"]
     assert arrivals
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     assert all(gap >= 0.75 for gap in gaps), gaps  # arrival jitter allowed, not two in one second
+
+
+# Last in the module: by now the socket opened at the start has had its 10 s.
+async def test_no_auth_within_10_s_closes_4408(
+    silent_socket: asyncio.Task[tuple[int | None, float]],
+) -> None:
+    code, after_s = await asyncio.wait_for(silent_socket, 15)
+    assert code == 4408
+    assert after_s >= 9.5  # the SPEC gives a client 10 s
