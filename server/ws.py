@@ -40,6 +40,7 @@ log = logging.getLogger("astroq.gateway")
 AUTH_TIMEOUT_S = 10.0
 RATE_LIMIT_CLOSE_S = 5.0  # still over the rate after this long: close 1008
 SEND_QUEUE_MAX = 1024  # frames waiting for a slow reader before it is closed (1013)
+SEND_STALL_S = 5.0  # a socket that takes no frame for this long has stopped reading: 1013
 QUEUE_LOCK_MS = 10_000  # a client queue's lock outlives a crashed holder by this much
 ACK_WAIT_S = 5.0  # past this the next frame is applied anyway (the ack still comes)
 HEARTBEAT_S = 1.0
@@ -74,17 +75,26 @@ class Connection:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     ready: bool = False  # frames that arrive before `ready` wait behind it
     early: list[str] = field(default_factory=list)
-    overflowed: bool = False
+    overflowed: asyncio.Event = field(default_factory=asyncio.Event)
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
 
     def push(self, text: str) -> None:
         if not self.ready:
             self.early.append(text)
             return
         if len(self.outbox) >= SEND_QUEUE_MAX:
-            self.overflowed = True
-        else:
-            self.outbox.append(text)
+            # It stopped reading: close it rather than hold frames without bound.
+            self.overflowed.set()
+            return
+        self.outbox.append(text)
         self.wakeup.set()
+
+    async def room_to_answer(self) -> None:
+        """Backpressure on the reader: a client that sends faster than it reads its
+        answers is read more slowly, instead of overflowing its own send queue."""
+        while len(self.outbox) >= SEND_QUEUE_MAX // 2:
+            self.drained.clear()
+            await self.drained.wait()
 
     def push_frame(self, frame: dict[str, Any]) -> None:
         self.push(orjson.dumps(frame).decode())
@@ -265,17 +275,26 @@ class Gateway:
         metrics.SOCKETS.labels(conn.role.value).inc()
         receiver = asyncio.create_task(self._receive(conn))
         sender = asyncio.create_task(self._send(conn))
+        overflow = asyncio.create_task(conn.overflowed.wait())
         try:
-            await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({receiver, sender, overflow}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await cancel_and_wait([receiver, sender])
+            await cancel_and_wait([receiver, sender, overflow])
+            if conn.overflowed.is_set():
+                try:
+                    # A client that does not read may not take the close frame either.
+                    async with asyncio.timeout(1.0):
+                        await ws.close(CloseCode.TRY_AGAIN_LATER)
+                except (TimeoutError, RuntimeError, OSError, WebSocketDisconnect):
+                    pass
             metrics.SOCKETS.labels(conn.role.value).dec()
             await self._unregister(conn, connected=True)
-            if ws.application_state != WebSocketState.DISCONNECTED:
+            if ws.application_state != WebSocketState.DISCONNECTED and not conn.overflowed.is_set():
                 try:
-                    await ws.close()
-                except (RuntimeError, OSError, WebSocketDisconnect):
-                    pass  # the client is already gone
+                    async with asyncio.timeout(1.0):
+                        await ws.close()
+                except (TimeoutError, RuntimeError, OSError, WebSocketDisconnect):
+                    pass  # the client is already gone, or not reading
 
     async def _register(self, conn: Connection) -> None:
         group = self.accounts.setdefault(conn.account_id, set())
@@ -326,16 +345,20 @@ class Gateway:
         while True:
             await conn.wakeup.wait()
             conn.wakeup.clear()
-            if conn.overflowed:
-                await conn.ws.close(CloseCode.TRY_AGAIN_LATER)
+            try:
+                while conn.outbox:
+                    async with asyncio.timeout(SEND_STALL_S):
+                        await conn.ws.send_text(conn.outbox.popleft())
+            except TimeoutError:
+                conn.overflowed.set()  # it stopped reading; closing it frees its place
                 return
-            while conn.outbox:
-                await conn.ws.send_text(conn.outbox.popleft())
+            conn.drained.set()
 
     async def _receive(self, conn: Connection) -> None:
         bucket = TokenBucket(self.settings.ws_rate, self.settings.ws_burst)
         limited_since: float | None = None
         while True:
+            await conn.room_to_answer()
             text = await _receive_text(conn.ws)
             if text is None:
                 return
