@@ -25,7 +25,9 @@ import orjson
 from redis.asyncio import Redis
 
 from matcher.keys import Keys
+from matcher.store import Store
 from server import metrics
+from server.errors import AstroqError
 
 log = logging.getLogger("astroq.journal")
 
@@ -111,11 +113,13 @@ class Journal:
         pool: asyncpg.Pool,
         keys: Keys,
         on_position: Callable[[str, int], None] | None = None,
+        store: Store | None = None,
     ) -> None:
         self.redis = redis
         self.pool = pool
         self.keys = keys
         self.on_position = on_position
+        self.store = store
 
     async def persist(self, entries: list[tuple[Any, dict[Any, Any]]]) -> None:
         batch = parse_entries(entries, self.keys)
@@ -136,9 +140,31 @@ class Journal:
                     await write_rows(conn, batch.rows)
             except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
                 log.error("dropping outbox entry %s that PostgreSQL refuses: %s", batch.ids, exc)
-                await self.redis.xdel(self.keys.outbox, *batch.ids)
+                await self._refuse(entry, batch)
                 continue
             await self._publish(batch)
+
+    async def _refuse(self, entry: tuple[Any, dict[Any, Any]], batch: Batch) -> None:
+        """The record refused a change (its account was deleted meanwhile): the frame
+        that asked for it is answered with an error, and a request that exists only
+        in Redis is taken out of its line again."""
+        fields = entry[1]
+        data = orjson.loads(fields[b"d"] if b"d" in fields else fields["d"])
+        pipe = self.redis.pipeline(transaction=False)
+        for uid, _frame, socket_id, op in _list(data.get("ev")):
+            if op:
+                error = {"type": "error", "ref": _frame.get("ref"), "code": "unavailable",
+                         "message": "the change could not be recorded"}
+                pipe.publish(self.keys.events(uid), frame_message(socket_id, op, error))
+        pipe.xdel(self.keys.outbox, *batch.ids)
+        await pipe.execute()
+        if self.store is not None:
+            for op_name, row in _list(data.get("pg")):
+                if op_name == "req":
+                    try:
+                        await self.store.cancel(row["user"], row["id"], "", "", None)
+                    except AstroqError:
+                        pass  # already gone
 
     async def _publish(self, batch: Batch) -> None:
         pipe = self.redis.pipeline(transaction=False)

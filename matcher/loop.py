@@ -108,7 +108,9 @@ class Matcher:
         self.store = Store(redis, self.keys)
         self.id = matcher_id or uuid.uuid4().hex
         self.positions = Positions(self.store, redis, self.keys)
-        self.journal = Journal(redis, pool, self.keys, on_position=self.positions.remember)
+        self.journal = Journal(
+            redis, pool, self.keys, on_position=self.positions.remember, store=self.store
+        )
         self.leader = asyncio.Event()
         self.token = ""
         self._lease_ms = int(settings.matcher_lease_s * 1000)

@@ -387,15 +387,6 @@ async def test_deleted_account_cannot_come_back(shared: Service) -> None:
     assert await shared.fetch("SELECT id FROM requests WHERE user_id = $1", user.id) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the request is applied in Redis, then PostgreSQL refuses its row (the user is gone) and "
-        "matcher/journal.py:131-140 (Journal._persist_one_by_one) drops the outbox entry together "
-        "with its frames, so the ack, or an error, never reaches the socket: the frame goes "
-        "unanswered (SPEC §4: every state-changing frame gets an ack or an error)"
-    ),
-)
 async def test_a_frame_from_a_deleted_accounts_open_socket_is_answered(shared: Service) -> None:
     """The account is deleted while its socket is open: the next request gets an error
     (or the socket is closed, 4403) and leaves no row behind."""
