@@ -406,6 +406,18 @@ async def test_astrologer_sending_user_frames_is_forbidden(shared: Service) -> N
     assert await shared.fetch("SELECT id FROM requests WHERE user_id = $1", astro.id) == []
 
 
+async def test_admin_sending_user_or_astrologer_frames_is_forbidden(shared: Service) -> None:
+    assert shared.admin is not None
+    admin = await shared.connect(shared.admin)
+    for frame in (
+        {"type": "request", "kind": "chat", "astrologer_id": None},
+        {"type": "accept", "offer_id": str(uuid.uuid4())},
+        {"type": "status", "status": "online"},
+    ):
+        assert await error_code(admin, frame) == "forbidden"
+        await assert_open(admin)
+
+
 async def test_cancelling_another_users_request_is_not_found(shared: Service) -> None:
     owner = await shared.connect(await shared.user())
     request_id = await request(owner)
@@ -581,7 +593,7 @@ async def test_waiting_counts_for_astrologers(service: Service) -> None:
     strict=True,
     reason="SPEC §4 position is sent when the position or estimate changed: right after"
     " `queued` with a non-null eta a `position` frame repeats the same position and eta"
-    " (matcher/positions.py:40-42 `remember` records the queued eta as None, so the next pass"
+    " (matcher/positions.py:43-45 `remember` records the queued eta as None, so the next pass"
     " sees a change that is not one)",
 )
 async def test_no_position_frame_without_a_change(service: Service) -> None:
@@ -651,9 +663,10 @@ async def test_eta_is_a_number_while_someone_could_serve(service: Service) -> No
 @pytest.mark.xfail(
     strict=True,
     reason="SPEC §4 position: always the latest value within 1 s, eta null while nobody who"
-    " could serve is online: when the only astrologer goes on break right after `queued`"
-    " (eta a number), no `position` with eta null ever comes; matcher/positions.py:40-42"
-    " `remember` records the queued eta as None, so the next pass sees no change",
+    " could serve is online: when the only astrologer goes on break as a request is queued, the"
+    " client is left holding `queued` eta 300 and no `position` with eta null ever follows;"
+    " matcher/positions.py:43-45 `remember` records the queued eta as None (not the number the"
+    " frame carried), so the next pass sees no change",
 )
 async def test_eta_turns_null_when_the_last_astrologer_leaves(service: Service) -> None:
     astro = await service.astrologer()
@@ -662,12 +675,18 @@ async def test_eta_turns_null_when_the_last_astrologer_leaves(service: Service) 
     page = await service.connect(await service.user())
     await request(first)
     await console.wait_for("offer")
-    await request(page)
-    await console.ok({"type": "status", "status": "break"})
-    queued = await page.wait_for("queued")
-    assert queued["eta_seconds"] is not None
-    frame = await page.wait_for("position", timeout=1.5, eta_seconds=None)
-    assert frame["position"] == 1
+    # The request and the astrologer's break land together, in either order.
+    await asyncio.gather(
+        page.send({"type": "request", "kind": "chat", "astrologer_id": None, "ref": "r"}),
+        console.send({"type": "status", "status": "break", "ref": "b"}),
+    )
+    await console.wait_for("ack")
+    await page.wait_for("queued")
+    await asyncio.sleep(1.0)  # SPEC: the latest value within 1 s of the change
+    await page.quiet(0.1)
+    told = [f for f in page.frames if f["type"] in ("queued", "position")]
+    assert told[-1]["position"] == 1
+    assert told[-1]["eta_seconds"] is None, told  # nobody who could serve it is online
 
 
 async def test_offer_withdrawn_when_the_user_cancels(shared: Service) -> None:
@@ -749,16 +768,18 @@ async def test_admin_stats_at_most_once_a_second(service: Service) -> None:
     assert service.admin is not None
     admin = await service.connect(service.admin)
     await admin.wait_for("stats", timeout=3)  # the one sent on connect
-    loop = asyncio.get_running_loop()
     pages = [await service.connect(await service.user()) for _ in range(4)]
-    arrivals = []
-    for page in pages:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    frames = []
+    for page in pages:  # a change every 0.3 s
         await request(page)
-        arrivals += [loop.time() for f in await admin.quiet(0.3) if f["type"] == "stats"]
-    arrivals += [loop.time() for f in await admin.quiet(1.2) if f["type"] == "stats"]
-    assert arrivals
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    assert all(gap >= 0.75 for gap in gaps), gaps  # arrival jitter allowed, not two in one second
+        frames += await admin.quiet(0.3)
+    frames += await admin.quiet(1.2)
+    elapsed_s = loop.time() - started
+    stats = [f for f in frames if f["type"] == "stats"]
+    assert stats and stats[-1]["waiting"] == 4
+    assert len(stats) <= int(elapsed_s) + 1, (len(stats), elapsed_s)
 
 
 # Last in the module: by now the socket opened at the start has had its 10 s.
