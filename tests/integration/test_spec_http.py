@@ -133,7 +133,8 @@ async def test_login_returns_tokens_and_user(shared: Service) -> None:
     assert body["token_type"] == "bearer"
     assert isinstance(body["expires_in"], (int, float)) and body["expires_in"] > 0
     assert body["user"]["email"] == address and body["user"]["role"] == "user"
-    assert (await shared.http.get("/api/v1/me", headers=bearer(body["access_token"]))).status_code == 200
+    me_reply = await shared.http.get("/api/v1/me", headers=bearer(body["access_token"]))
+    assert me_reply.status_code == 200
 
 
 async def test_login_wrong_password_is_401_invalid_credentials(shared: Service) -> None:
@@ -155,7 +156,8 @@ async def test_login_is_throttled_after_repeated_failures(
     reply = await service.http.post(LOGIN, json={"email": user.email, "password": "wrong-pass"})
     assert_error(reply, 429, "too_many_attempts")
     other = await service.user()  # counted per email: another account still logs in
-    assert (await service.http.post(LOGIN, json={"email": other.email, "password": PASSWORD})).status_code == 200
+    reply = await service.http.post(LOGIN, json={"email": other.email, "password": PASSWORD})
+    assert reply.status_code == 200
 
 
 async def test_refresh_rotates_tokens(shared: Service) -> None:
@@ -165,7 +167,8 @@ async def test_refresh_rotates_tokens(shared: Service) -> None:
     body = reply.json()
     assert body["token_type"] == "bearer" and body["user"]["id"] == user.id
     assert body["refresh_token"] != user.refresh_token
-    assert (await shared.http.get("/api/v1/me", headers=bearer(body["access_token"]))).status_code == 200
+    me_reply = await shared.http.get("/api/v1/me", headers=bearer(body["access_token"]))
+    assert me_reply.status_code == 200
     again = await shared.http.post(REFRESH, json={"refresh_token": body["refresh_token"]})
     assert again.status_code == 200, again.text
 
@@ -197,7 +200,9 @@ async def test_me_for_a_user(shared: Service) -> None:
 
 
 async def test_me_for_an_astrologer_includes_astrologer(shared: Service) -> None:
-    astro = await shared.astrologer("Orion", is_top=True, weight=2.5, capacity=3, languages=["en", "hi"])
+    astro = await shared.astrologer(
+        "Orion", is_top=True, weight=2.5, capacity=3, languages=["en", "hi"]
+    )
     body = await me(shared, astro)
     assert body["user"]["role"] == "astrologer" and body["user"]["id"] == astro.id
     a = body["astrologer"]
@@ -443,7 +448,8 @@ async def test_every_error_has_the_error_body(shared: Service) -> None:
         (await shared.http.get(STATS, headers=bearer(user)), 403),
         (await shared.http.patch(f"{ADMIN_ASTROLOGERS}/{uuid.uuid4()}", json={"weight": 1},
                                   headers=shared.admin_headers()), 404),
-        (await shared.http.post(LOGIN, content=b"[", headers={"content-type": "application/json"}), 400),
+        (await shared.http.post(
+            LOGIN, content=b"[", headers={"content-type": "application/json"}), 400),
         (await shared.http.post(REGISTER, content=b"x" * (70 * 1024),
                                  headers={"content-type": "application/json"}), 413),
     ]
@@ -454,7 +460,8 @@ async def test_every_error_has_the_error_body(shared: Service) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="SPEC §3 every error is {error: {code, message}}: an unknown /api/v1 path gets"
-    " Starlette's plain-text 'Not Found' (server/app.py routes have no JSON 404 fallback)",
+    " Starlette's plain-text 'Not Found' (server/app.py:138 builds the Starlette app with no"
+    " JSON 404 handler)",
 )
 async def test_unknown_api_path_is_404_with_error_body(shared: Service) -> None:
     reply = await shared.http.get("/api/v1/no-such-thing", headers=shared.admin_headers())

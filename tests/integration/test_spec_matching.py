@@ -323,9 +323,9 @@ async def test_user_gone_past_grace_is_abandoned(service_factory: Factory) -> No
 GRACE_MISSED = (
     "SPEC §5 a disconnected client's grace runs out after ASTROQ_RECONNECT_GRACE: while an offer"
     " is open, the matcher runs its timers only at the earliest deadline it saw last time"
-    " (matcher/loop.py:216 `if now_ms() >= next_due_ms`), and a grace deadline added later by"
-    " disconnect.lua (server/ws.py _unregister) neither wakes it nor moves that time, so the grace"
-    " is only looked at when the open offer expires"
+    " (matcher/loop.py:218, Matcher._work: `if now_ms() >= next_due_ms`), and a grace deadline"
+    " added later by disconnect.lua (server/ws.py Gateway._unregister) neither wakes it nor"
+    " moves that time, so the grace is only looked at when the open offer expires"
 )
 
 

@@ -196,9 +196,10 @@ async def test_frames_over_the_rate_are_refused_and_not_applied(service_factory:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="SPEC §4 close 1008 when still over the rate after 5 s: server/ws.py:349 resets"
-    " limited_since whenever one frame gets a token, so a client sending 10x the rate has a frame"
-    " pass every 1/rate s and is never closed (only rate_limited errors)",
+    reason="SPEC §4 close 1008 when still over the rate after 5 s: server/ws.py:390"
+    " (Gateway._receive) resets limited_since whenever one frame gets a token, so a client"
+    " sending 10x the rate has a frame pass every 1/rate s and is never closed (it only gets"
+    " rate_limited errors)",
 )
 async def test_still_over_the_rate_after_5_s_closes_1008(service_factory: Factory) -> None:
     service = await service_factory(ws_rate=5, ws_burst=5)
@@ -423,7 +424,8 @@ async def test_cancelling_another_users_request_is_not_found(shared: Service) ->
     request_id = await request(owner)
     intruder = await shared.connect(await shared.user())
     assert await error_code(intruder, {"type": "cancel", "request_id": request_id}) == "not_found"
-    assert await error_code(intruder, {"type": "cancel", "request_id": str(uuid.uuid4())}) == "not_found"
+    unknown = {"type": "cancel", "request_id": str(uuid.uuid4())}
+    assert await error_code(intruder, unknown) == "not_found"
     await assert_open(intruder)
     rows = await shared.fetch("SELECT state FROM requests WHERE id = $1", request_id)
     assert [r["state"] for r in rows] == ["open"]
@@ -528,7 +530,8 @@ async def test_accept_after_expiry_is_offer_expired(service_factory: Factory) ->
     offer = await console.wait_for("offer")
     expired = await console.wait_for("offer_expired", timeout=3)
     assert expired == {"type": "offer_expired", "offer_id": offer["offer_id"]}
-    assert await error_code(console, {"type": "accept", "offer_id": offer["offer_id"]}) == "offer_expired"
+    accept = {"type": "accept", "offer_id": offer["offer_id"]}
+    assert await error_code(console, accept) == "offer_expired"
     await assert_open(console)
 
 
@@ -697,16 +700,19 @@ async def test_offer_withdrawn_when_the_user_cancels(shared: Service) -> None:
     offer = await console.wait_for("offer")
     await page.ok({"type": "cancel", "request_id": request_id})
     withdrawn = await console.wait_for("offer_withdrawn")
-    assert withdrawn == {"type": "offer_withdrawn", "offer_id": offer["offer_id"], "reason": "cancelled"}
-    assert await error_code(console, {"type": "accept", "offer_id": offer["offer_id"]}) == "offer_expired"
+    assert withdrawn == {
+        "type": "offer_withdrawn", "offer_id": offer["offer_id"], "reason": "cancelled",
+    }
+    accept = {"type": "accept", "offer_id": offer["offer_id"]}
+    assert await error_code(console, accept) == "offer_expired"
 
 
 GRACE_MISSED = (
     "SPEC §5 a disconnected client's grace runs out after ASTROQ_RECONNECT_GRACE: while an offer"
     " is open, the matcher runs its timers only at the earliest deadline it saw last time"
-    " (matcher/loop.py:216 `if now_ms() >= next_due_ms`), and a grace deadline added later by"
-    " disconnect.lua (server/ws.py _unregister) neither wakes it nor moves that time, so the grace"
-    " is only looked at when the open offer expires"
+    " (matcher/loop.py:218, Matcher._work: `if now_ms() >= next_due_ms`), and a grace deadline"
+    " added later by disconnect.lua (server/ws.py Gateway._unregister) neither wakes it nor"
+    " moves that time, so the grace is only looked at when the open offer expires"
 )
 
 
@@ -721,7 +727,9 @@ async def test_offer_withdrawn_when_the_user_is_abandoned(service_factory: Facto
     await asyncio.sleep(0.6)  # the user leaves a little after the offer, not at once
     await page.close()
     withdrawn = await console.wait_for("offer_withdrawn", timeout=2)
-    assert withdrawn == {"type": "offer_withdrawn", "offer_id": offer["offer_id"], "reason": "abandoned"}
+    assert withdrawn == {
+        "type": "offer_withdrawn", "offer_id": offer["offer_id"], "reason": "abandoned",
+    }
     await service.eventually(
         "SELECT state || ':' || reason FROM requests WHERE id = $1", "cancelled:abandoned", request_id
     )
