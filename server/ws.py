@@ -28,6 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from matcher.journal import frame_message
 from matcher.keys import Keys
 from matcher.aio import cancel_and_wait, unless_cancelled
+from matcher.positions import FANOUT_ACCOUNT
 from matcher.stats import admin_stats
 from matcher.store import Store
 from server import db, metrics, protocol
@@ -129,6 +130,7 @@ class Gateway:
         self.pending_acks: dict[str, asyncio.Future[None]] = {}
         self._events_prefix = self.keys.events("").encode()
         self._admin_channel = self.keys.admin_events.encode()
+        self._fanout_channel = self.keys.events(FANOUT_ACCOUNT).encode()
         self._pubsub = redis.pubsub()
         self._subscribing: dict[bytes, asyncio.Future[None]] = {}
         self._subscription_lock = asyncio.Lock()
@@ -136,7 +138,7 @@ class Gateway:
 
     # ---- lifecycle --------------------------------------------------------------
     async def start(self) -> None:
-        await self._pubsub.subscribe(self.keys.admin_events)
+        await self._pubsub.subscribe(self.keys.admin_events, self.keys.events(FANOUT_ACCOUNT))
         self._tasks = [
             asyncio.create_task(self._read_events(), name="gateway-events"),
             asyncio.create_task(self._heartbeat(), name="gateway-heartbeat"),
@@ -167,6 +169,9 @@ class Gateway:
                     waiter.set_result(None)
 
     def _route(self, channel: bytes, data: bytes) -> None:
+        if channel == self._fanout_channel:
+            self._route_batch(data)
+            return
         if channel == self._admin_channel:
             text = data.split(b"\n", 2)[2].decode()
             for conn in list(self.admins):
@@ -183,6 +188,17 @@ class Gateway:
         for conn in self.accounts.get(account_id, ()):
             if not target or conn.id == target:
                 conn.push(text)
+
+    def _route_batch(self, data: bytes) -> None:
+        """Positions and counts for many accounts (matcher/positions.py); only those held here."""
+        accounts = self.accounts
+        for line in data.split(b"\n"):
+            account_id, _, frame = line.partition(b" ")
+            conns = accounts.get(account_id.decode())
+            if conns:
+                text = frame.decode()
+                for conn in conns:
+                    conn.push(text)
 
     async def _subscribe(self, account_id: str) -> None:
         channel = self.keys.events(account_id)
