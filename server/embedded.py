@@ -218,6 +218,26 @@ class EmbeddedServers:
         if self._redis is None:
             self._start_redis(pick_port=False)
 
+    def stop_postgres(self) -> None:
+        """Stop PostgreSQL alone (for chaos tests); start_postgres() brings it back.
+
+        A fast shutdown: open client connections are cut, the data stays.
+        """
+        if self._pg is not None:
+            _terminate(self._pg, PG_STOP_SIGNAL)
+            self._pg = None
+
+    def start_postgres(self) -> None:
+        """Start PostgreSQL again on the same port, so database_url stays valid."""
+        if self._lock_fd is None:
+            raise EmbeddedError("servers not started")
+        if self._pg is None:
+            port = self._pg_port
+            self._start_postgres()
+            if self._pg_port != port:
+                self.stop_postgres()
+                raise EmbeddedError(f"postgres could not listen on port {port} again")
+
     def __enter__(self) -> EmbeddedServers:
         self.start()
         return self

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import defaultdict
-from datetime import datetime
 from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.harness import Account, Client, Service
+from tests.invariants import check, read_record
 
 USERS = 200
 ASTROLOGERS = 20
@@ -125,20 +124,6 @@ async def wind_down(service: Service, users: list[Account], astrologers: list[Ac
         await client.close()
 
 
-def capacity_violations(intervals: list[tuple[datetime, datetime | None]], capacity: int) -> int:
-    events: list[tuple[datetime, int]] = []
-    for start, end in intervals:
-        events.append((start, 1))
-        if end is not None:
-            events.append((end, -1))
-    events.sort(key=lambda e: (e[0], e[1]))  # at one instant, ends before starts
-    load = worst = 0
-    for _, delta in events:
-        load += delta
-        worst = max(worst, load)
-    return max(0, worst - capacity)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_invariants_hold_under_a_storm(service_factory: Any) -> None:
@@ -165,64 +150,19 @@ async def test_invariants_hold_under_a_storm(service_factory: Any) -> None:
     await wind_down(service, users, astrologers)
     await service.eventually("SELECT count(*) FROM requests WHERE state = 'open'", 0, timeout=10)
 
-    requests = await service.fetch("SELECT id, state, reason, astrologer_id, seq, created_at, ended_at FROM requests")
-    offers = await service.fetch(
-        "SELECT id, request_id, astrologer_id, direct, created_at, outcome, answered_at FROM offers"
-    )
-    sessions = await service.fetch(
-        "SELECT request_id, astrologer_id, started_at, ended_at FROM sessions"
-    )
-    capacities = {
-        str(r["id"]): r["capacity"] for r in await service.fetch("SELECT id, capacity FROM astrologers")
-    }
+    record = await read_record(service.fetch)
+    requests = record.requests
     assert len(requests) > 200, "the storm was too small to prove anything"
     assert sum(1 for r in requests if r["state"] == "assigned") > 50
 
-    # Every request in exactly one terminal state, with its outcome and time.
-    for r in requests:
-        assert r["state"] in ("assigned", "cancelled") and r["ended_at"] is not None, r
-        assert (r["reason"] is None) == (r["state"] == "assigned"), r
+    found = check(record, final=True)
+    # Every request in exactly one terminal state, with its outcome and time;
+    # every offer ended.
+    assert found.not_terminal == [] and found.bad_terminal == [] and found.open_offers == []
     # None assigned twice.
-    sessions_of: dict[Any, int] = defaultdict(int)
-    for s in sessions:
-        sessions_of[s["request_id"]] += 1
-    accepted_of: dict[Any, int] = defaultdict(int)
-    for o in offers:
-        assert o["outcome"] is not None, o  # every offer ended
-        if o["outcome"] == "accepted":
-            accepted_of[o["request_id"]] += 1
-    for r in requests:
-        expected = 1 if r["state"] == "assigned" else 0
-        assert sessions_of[r["id"]] == expected and accepted_of[r["id"]] == expected, r
+    assert found.double_assigned == [] and found.assignment_mismatch == []
     # No astrologer held more offers plus sessions than its capacity, at any moment.
-    held: dict[str, list[tuple[datetime, datetime | None]]] = defaultdict(list)
-    for o in offers:
-        held[str(o["astrologer_id"])].append((o["created_at"], o["answered_at"]))
-    for s in sessions:
-        held[str(s["astrologer_id"])].append((s["started_at"], s["ended_at"]))
-    for astrologer_id, intervals in held.items():
-        assert capacity_violations(intervals, capacities[astrologer_id]) == 0, astrologer_id
+    assert found.capacity == {}
     # Oldest first: no offer passed over an older request of the same line that
     # was waiting (not under offer) and that this astrologer had not already had.
-    by_request: dict[Any, list[Any]] = defaultdict(list)
-    for o in offers:
-        by_request[o["request_id"]].append(o)
-    passed_over = 0
-    for o in offers:
-        t = o["created_at"]
-        line = o["astrologer_id"] if o["direct"] else None
-        mine = next(r for r in requests if r["id"] == o["request_id"])
-        for a in requests:
-            if a["astrologer_id"] != line or a["seq"] >= mine["seq"]:
-                continue
-            if not (a["created_at"] < t and a["ended_at"] > t):
-                continue
-            under_offer = any(x["created_at"] <= t <= x["answered_at"] for x in by_request[a["id"]])
-            had_it = any(
-                x["astrologer_id"] == o["astrologer_id"] and x["answered_at"] <= t
-                and x["outcome"] in ("declined", "expired")
-                for x in by_request[a["id"]]
-            )
-            if not under_offer and not had_it:
-                passed_over += 1
-    assert passed_over == 0
+    assert found.passed_over == []
