@@ -112,9 +112,11 @@ class Journal:
         redis: Redis,
         pool: asyncpg.Pool,
         keys: Keys,
-        on_position: Callable[[str, int], None] | None = None,
+        on_position: Callable[[str, int, float | None], None] | None = None,
         store: Store | None = None,
+        on_gone: Callable[[str], None] | None = None,
     ) -> None:
+        self.on_gone = on_gone
         self.redis = redis
         self.pool = pool
         self.keys = keys
@@ -185,5 +187,8 @@ class Journal:
                 metrics.REQUEST_WAIT.labels(label).observe(value / 1000)
             elif name == "resp":
                 metrics.OFFER_RESPONSE.observe(value / 1000)
+            elif name == "gone" and self.on_gone is not None:
+                self.on_gone(label)
             elif name == "pos" and self.on_position is not None:
-                self.on_position(label, int(value))
+                position, eta = value
+                self.on_position(label, int(position), eta)

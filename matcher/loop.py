@@ -109,7 +109,12 @@ class Matcher:
         self.id = matcher_id or uuid.uuid4().hex
         self.positions = Positions(self.store, redis, self.keys)
         self.journal = Journal(
-            redis, pool, self.keys, on_position=self.positions.remember, store=self.store
+            redis,
+            pool,
+            self.keys,
+            on_position=self.positions.remember,
+            store=self.store,
+            on_gone=self.positions.gone,
         )
         self.leader = asyncio.Event()
         self.token = ""
@@ -215,7 +220,8 @@ class Matcher:
                     await self.journal.persist(entries)
                     last_id = entries[-1][0]
                     changed = True
-                if now_ms() >= next_due_ms:
+                # A change may have brought a deadline (a grace, an offer): look again.
+                if changed or now_ms() >= next_due_ms:
                     due_in_ms, more = await self.store.timers(
                         self.token, self.settings.max_missed, 500
                     )
@@ -243,6 +249,7 @@ class Matcher:
                     reap_due = clock + REAP_EVERY_S
                     if await self.store.reap(self.token, self._grace_ms):
                         stats_dirty = True
+                        next_due_ms = 0  # graces started: their deadlines are new
                 backoff_s = 0.05
             except Fenced:
                 log.warning("fenced: another matcher holds the lease")

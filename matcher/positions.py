@@ -30,6 +30,7 @@ from matcher.store import Store
 from server import metrics
 
 DEFAULT_HANDLE_MS = 300_000  # until a session has ended, assume five minutes
+UNDER_OFFER = (0, None)  # no position while under offer
 # The channel of fan-out batches: the events channel of a pseudo-account (account
 # ids are UUIDs, so it never meets a real one), like Keys.admin_events.
 FANOUT_ACCOUNT = "fanout"
@@ -47,16 +48,24 @@ class Positions:
     store: Store
     redis: Redis
     keys: Keys
+    # What each acknowledged request's owner was last told. A request enters when
+    # its `queued` frame has gone out, so no `position` ever precedes its ack.
     sent: dict[str, tuple[int, float | None]] = field(default_factory=dict)
     waiting_sent: dict[str, tuple[int, int]] = field(default_factory=dict)
+    adopt_all: bool = True  # after a rebuild or a new leader: every waiting request was acked
 
-    def remember(self, request_id: str, position: int) -> None:
-        """The `queued` frame told the client this position already."""
-        self.sent[request_id] = (position, self.sent.get(request_id, (0, None))[1])
+    def remember(self, request_id: str, position: int, eta: float | None) -> None:
+        """The `queued` frame told the client this already."""
+        self.sent[request_id] = (position, eta)
+
+    def gone(self, request_id: str) -> None:
+        """The request ended: nothing more to tell about it."""
+        self.sent.pop(request_id, None)
 
     def forget_all(self) -> None:
         self.sent.clear()
         self.waiting_sent.clear()
+        self.adopt_all = True
 
     async def publish(self) -> dict[str, Any]:
         data = await self.store.lines()
@@ -87,6 +96,8 @@ class Positions:
                 position = index // 2 + 1
                 value = (position, eta_seconds(position, cap, avg_ms))
                 live.add(rid)
+                if rid not in self.sent and not self.adopt_all:
+                    continue  # its ack and `queued` are not out yet
                 if self.sent.get(rid) != value and uid:
                     self.sent[rid] = value
                     frame = {
@@ -101,8 +112,11 @@ class Positions:
         general_waiting = line(data["general"], general_cap)
         direct = data["direct"] if isinstance(data["direct"], dict) else {}
         direct_waiting = {aid: line(pairs, capacity.get(aid, 0)) for aid, pairs in direct.items()}
-        for rid in [rid for rid in self.sent if rid not in live]:
-            del self.sent[rid]
+        self.adopt_all = False
+        for rid in self.sent:
+            if rid not in live:
+                # Under offer: when it comes back, its owner hears its place again.
+                self.sent[rid] = UNDER_OFFER
 
         for aid, status, *_ in astrologers:
             if status == "offline":

@@ -383,7 +383,7 @@ def _astrologer_fields(body: dict[str, Any], partial: bool) -> dict[str, Any]:
         elif name == "weight":
             value = _number(value, "weight", minimum_exclusive=0)
         elif name == "capacity":
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**31 - 1:
                 raise InvalidInput("capacity must be a whole number from 1")
         elif name == "languages":
             if not isinstance(value, list) or len(value) > 20 or not all(

@@ -24,7 +24,8 @@ from matcher.keys import Keys
 from matcher.loop import Matcher
 from matcher.store import Store
 from server import db, metrics, seed
-from server.api import Api, guarded
+from server.api import Api, error_response, guarded
+from server.errors import MethodNotAllowed, NotFound
 from server.auth import LoginThrottle, Tokens
 from server.settings import Settings
 from server.ws import Gateway
@@ -135,7 +136,14 @@ def create_app(
         Route("/admin", page("admin.html"), methods=["GET"]),
         Mount("/static", StaticFiles(directory=pages, check_dir=False), name="static"),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    async def no_route(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        error = NotFound("no such path") if status == 404 else MethodNotAllowed()
+        return error_response(error)
+
+    return Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={404: no_route, 405: no_route}
+    )
 
 
 def create_matcher_app(matcher: Matcher) -> Starlette:

@@ -71,6 +71,10 @@ class NotFound(AstroqError):
     code, status, default_message = "not_found", 404, "not found"
 
 
+class MethodNotAllowed(AstroqError):
+    code, status, default_message = "method_not_allowed", 405, "that method is not allowed here"
+
+
 class TooManyAttempts(AstroqError):
     code, status, default_message = "too_many_attempts", 429, "too many failed logins; try later"
 
@@ -119,6 +123,7 @@ BY_CODE: dict[str, type[AstroqError]] = {
         Unauthorized,
         Forbidden,
         NotFound,
+        MethodNotAllowed,
         TooManyAttempts,
         RateLimited,
         PayloadTooLarge,

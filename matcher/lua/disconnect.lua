@@ -8,5 +8,7 @@ redis.call('SREM', k('gwsocks:' .. gw), uid .. ' ' .. sock)
 local left = redis.call('HLEN', k('socks:' .. uid))
 if left == 0 then
   redis.call('ZADD', k('deadline:grace'), clock_ms() + tonumber(ARGV[4]), uid)
+  metric('nudge')  -- wakes the matcher: it must know of the new deadline
+  flush()
 end
 return left

@@ -112,6 +112,7 @@ local function end_request(rid, req, state, reason, now)
   redis.call('ZREM', k('deadline:wait'), rid)
   redis.call('HDEL', k('user:' .. req.user), 'req')
   pg('req_end', {id = rid, state = state, reason = reason, at = now})
+  metric('gone', rid)
   if state == 'cancelled' then
     emit(req.user, {type = 'cancelled', request_id = rid, reason = reason})
     metric('req', 'cancelled_' .. reason)

@@ -28,6 +28,6 @@ local eta = eta_of(req, position)
 pg('req', {id = rid, user = uid, kind = kind, aid = aid, seq = seq, at = now})
 ack(uid, ARGV[6], ARGV[7], ARGV[8], {request_id = rid})
 emit(uid, {type = 'queued', request_id = rid, position = position, eta_seconds = eta})
-metric('pos', rid, position)
+metric('pos', rid, {position, eta})
 flush()
 return {'ok'}

@@ -310,12 +310,6 @@ async def test_admin_create_bad_values_are_422_and_create_nothing(shared: Servic
         assert_error(reply, 401, "invalid_credentials")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SPEC §3 capacity is a whole number from 1 (no upper bound): capacity 1500 gets 422"
-    " invalid_input (server/api.py:386 _astrologer_fields caps it at 1000; the limit is not in the"
-    " SPEC nor in docs/protocol.md)",
-)
 async def test_admin_accepts_any_whole_capacity_from_1(shared: Service) -> None:
     reply = await shared.http.post(
         ADMIN_ASTROLOGERS,
@@ -457,12 +451,6 @@ async def test_every_error_has_the_error_body(shared: Service) -> None:
         assert_error(reply, status)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SPEC §3 every error is {error: {code, message}}: an unknown /api/v1 path gets"
-    " Starlette's plain-text 'Not Found' (server/app.py:138 builds the Starlette app with no"
-    " JSON 404 handler)",
-)
 async def test_unknown_api_path_is_404_with_error_body(shared: Service) -> None:
     reply = await shared.http.get("/api/v1/no-such-thing", headers=shared.admin_headers())
     assert_error(reply, 404)

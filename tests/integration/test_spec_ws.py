@@ -194,13 +194,6 @@ async def test_frames_over_the_rate_are_refused_and_not_applied(service_factory:
     assert len(await service.fetch("SELECT id FROM requests")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SPEC §4 close 1008 when still over the rate after 5 s: server/ws.py:390"
-    " (Gateway._receive) resets limited_since whenever one frame gets a token, so a client"
-    " sending 10x the rate has a frame pass every 1/rate s and is never closed (it only gets"
-    " rate_limited errors)",
-)
 async def test_still_over_the_rate_after_5_s_closes_1008(service_factory: Factory) -> None:
     service = await service_factory(ws_rate=5, ws_burst=5)
     page = await service.connect(await service.user())
@@ -592,13 +585,6 @@ async def test_waiting_counts_for_astrologers(service: Service) -> None:
     assert frame == {"type": "waiting", "direct": 1, "general": 0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SPEC §4 position is sent when the position or estimate changed: right after"
-    " `queued` with a non-null eta a `position` frame repeats the same position and eta"
-    " (matcher/positions.py:43-45 `remember` records the queued eta as None, so the next pass"
-    " sees a change that is not one)",
-)
 async def test_no_position_frame_without_a_change(service: Service) -> None:
     astro = await service.astrologer()
     console = await service.online(astro)
@@ -663,14 +649,6 @@ async def test_eta_is_a_number_while_someone_could_serve(service: Service) -> No
     assert isinstance(queued["eta_seconds"], (int, float)) and queued["eta_seconds"] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SPEC §4 position: always the latest value within 1 s, eta null while nobody who"
-    " could serve is online: when the only astrologer goes on break as a request is queued, the"
-    " client is left holding `queued` eta 300 and no `position` with eta null ever follows;"
-    " matcher/positions.py:43-45 `remember` records the queued eta as None (not the number the"
-    " frame carried), so the next pass sees no change",
-)
 async def test_eta_turns_null_when_the_last_astrologer_leaves(service: Service) -> None:
     astro = await service.astrologer()
     console = await service.online(astro)
@@ -716,7 +694,6 @@ GRACE_MISSED = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=GRACE_MISSED)
 async def test_offer_withdrawn_when_the_user_is_abandoned(service_factory: Factory) -> None:
     service = await service_factory(reconnect_grace_s=0.5, offer_timeout_s=10)
     astro = await service.astrologer()
