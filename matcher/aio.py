@@ -12,7 +12,24 @@ import asyncio
 import logging
 from typing import Iterable
 
+import asyncpg
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 log = logging.getLogger("astroq.tasks")
+
+# A store that is away (restarting, paused, unreachable). redis-py's own errors do
+# not derive from the built-in ConnectionError, so they are named here.
+REDIS_DOWN = (OSError, RedisConnectionError, RedisTimeoutError)
+POSTGRES_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                 asyncpg.CannotConnectNowError)
+STORES_DOWN = REDIS_DOWN + POSTGRES_DOWN
+
+
+def log_failure(task: asyncio.Task[object]) -> None:
+    """Done-callback for background tasks: a task that dies says so."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
 
 def unless_cancelled() -> None:

@@ -24,7 +24,7 @@ import orjson
 from redis.asyncio import Redis
 
 from matcher import flow
-from matcher.aio import cancel_and_wait, unless_cancelled
+from matcher.aio import REDIS_DOWN, STORES_DOWN, cancel_and_wait, unless_cancelled
 from matcher.journal import Journal
 from matcher.keys import Keys
 from matcher.positions import Positions, admin_message
@@ -128,9 +128,9 @@ class Matcher:
             while True:
                 try:
                     state = await self.store.lease(self.id, self._lease_ms)
-                except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                except Exception as exc:  # a matcher must outlive any one failure
                     unless_cancelled()
-                    log.warning("redis unreachable while taking the lease: %s", exc)
+                    log.warning("could not take the lease: %r", exc)
                     await asyncio.sleep(self._lease_ms / 3000)
                     continue
                 if not state.held:
@@ -160,7 +160,7 @@ class Matcher:
                 # the cancellation that stops this task.
                 async with asyncio.timeout(renew_s):
                     state = await self.store.lease(self.id, self._lease_ms)
-            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            except REDIS_DOWN as exc:
                 unless_cancelled()
                 if time.monotonic() >= deadline:
                     log.warning("lease not renewed in time (%s); stepping down", exc)
@@ -215,10 +215,8 @@ class Matcher:
                     {self.keys.outbox: last_id}, count=1000, block=max(1, int(block_s * 1000))
                 )
                 changed, must_decide = must_decide, False
-                if reply:
-                    entries: list[Any] = reply[0][1]  # [[stream, [(id, fields), ...]]]
-                    await self.journal.persist(entries)
-                    last_id = entries[-1][0]
+                entries: list[Any] = reply[0][1] if reply else []  # [[stream, [(id, fields), ...]]]
+                if entries:
                     changed = True
                 # A change may have brought a deadline (a grace, an offer): look again.
                 if changed or now_ms() >= next_due_ms:
@@ -235,6 +233,18 @@ class Matcher:
                 if changed:
                     await self.decide()
                     positions_dirty = stats_dirty = True
+                    # What the timers and the decision just committed joins this batch:
+                    # one PostgreSQL commit carries a request and the offer it got, so
+                    # the offer does not wait for a second fsync. Frames still go out
+                    # only after that commit, in outbox order.
+                    more: Any = await self.redis.xread(
+                        {self.keys.outbox: entries[-1][0] if entries else last_id}, count=1000
+                    )
+                    if more:
+                        entries += more[0][1]
+                if entries:
+                    await self.journal.persist(entries)
+                    last_id = entries[-1][0]
                 clock = time.monotonic()
                 lines = None
                 if positions_dirty and clock >= positions_due:
@@ -257,7 +267,7 @@ class Matcher:
             except errors.Unavailable:
                 unless_cancelled()
                 continue  # live state vanished between two steps; rebuild on the next turn
-            except (OSError, ConnectionError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+            except (*STORES_DOWN, asyncpg.PostgresError) as exc:
                 # Redis or PostgreSQL is away: nothing is lost (the outbox keeps
                 # what is not yet persisted); retry until they answer again.
                 unless_cancelled()

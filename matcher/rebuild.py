@@ -54,6 +54,13 @@ async def rebuild(
                 " s.started_at FROM sessions s JOIN users u ON u.id = s.user_id"
                 " JOIN users a ON a.id = s.astrologer_id WHERE s.ended_at IS NULL"
             )
+            # Who already declined or missed each waiting request: not offered it again.
+            excluded = await conn.fetch(
+                "SELECT DISTINCT o.request_id::text AS rid, o.astrologer_id::text AS aid"
+                " FROM offers o JOIN requests r ON r.id = o.request_id"
+                " WHERE r.state = 'open' AND r.astrologer_id IS NULL"
+                " AND o.outcome IN ('declined', 'expired')"
+            )
             flow = await conn.fetchrow("SELECT top_flow, boost FROM flow_settings WHERE id = 1")
             max_seq = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM requests")
 
@@ -107,6 +114,8 @@ async def rebuild(
         pipe.zadd(m("deadline:grace"), {r["user_id"]: now_ms + grace_ms})
         if max_wait_ms > 0:
             pipe.zadd(m("deadline:wait"), {rid: _ms(r["created_at"]) + max_wait_ms})
+    for e in excluded:
+        pipe.sadd(m(f"excl:{e['rid']}"), e["aid"])
     for s in sessions:
         pipe.hset(
             m(f"sess:{s['id']}"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import uuid
@@ -304,7 +305,8 @@ class Api:
     async def readyz(self, request: Request) -> Response:
         problems = []
         try:
-            await self.redis.ping()
+            async with asyncio.timeout(2):
+                await self.redis.ping()
         except Exception:
             problems.append("redis")
         try:

@@ -52,7 +52,10 @@ class Services:
 
 async def open_stores(settings: Settings, schema: str | None = None) -> tuple[Redis, asyncpg.Pool]:
     assert settings.database_url and settings.redis_url
-    redis = Redis.from_url(settings.redis_url, health_check_interval=10)
+    # A paused Redis must turn into an error, not a hang: every call has a deadline.
+    redis = Redis.from_url(
+        settings.redis_url, health_check_interval=10, socket_timeout=10, socket_connect_timeout=5
+    )
     pool = await db.create_pool(settings.database_url, schema=schema)
     await db.migrate(pool, schema=schema)
     return redis, pool

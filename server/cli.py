@@ -94,13 +94,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def run_matcher(settings: Settings) -> None:
-    from matcher.aio import cancel_and_wait
+    from matcher.aio import cancel_and_wait, log_failure
     from matcher.loop import Matcher
     from server.app import create_matcher_app, open_stores
 
     redis, pool = await open_stores(settings)
     matcher = Matcher(settings, redis, pool)
     tasks = [asyncio.create_task(matcher.run(), name="matcher")]
+    tasks[0].add_done_callback(log_failure)
     metrics_server = None
     if settings.metrics_port:
         metrics_server = uvicorn.Server(

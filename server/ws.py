@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from matcher.journal import frame_message
 from matcher.keys import Keys
-from matcher.aio import cancel_and_wait, unless_cancelled
+from matcher.aio import REDIS_DOWN, STORES_DOWN, cancel_and_wait, log_failure, unless_cancelled
 from matcher.positions import FANOUT_ACCOUNT
 from matcher.stats import admin_stats
 from matcher.store import Store
@@ -211,6 +211,8 @@ class Gateway:
             asyncio.create_task(self._read_events(), name="gateway-events"),
             asyncio.create_task(self._heartbeat(), name="gateway-heartbeat"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(log_failure)
 
     async def stop(self) -> None:
         await cancel_and_wait([*self._tasks, *self.drainers.values()])
@@ -221,7 +223,7 @@ class Gateway:
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
-            except (ConnectionError, OSError) as exc:
+            except REDIS_DOWN as exc:
                 unless_cancelled()
                 log.warning("pub/sub connection lost: %r", exc)
                 await asyncio.sleep(0.2)
@@ -292,7 +294,7 @@ class Gateway:
                     # Redis lost its data and was rebuilt: say again who is here.
                     for conn in conns:
                         await self.store.connect(conn.account_id, conn.role.value, conn.id, self.id)
-            except (ConnectionError, OSError, AstroqError) as exc:
+            except (*REDIS_DOWN, AstroqError) as exc:
                 unless_cancelled()
                 log.warning("heartbeat failed: %r", exc)
             await asyncio.sleep(HEARTBEAT_S)
@@ -344,15 +346,19 @@ class Gateway:
         claims = await self._authenticate(ws)
         if claims is None:
             return
-        async with self.pool.acquire() as pg:
-            user = await db.user_by_id(pg, claims.user_id)
+        try:
+            async with self.pool.acquire() as pg:
+                user = await db.user_by_id(pg, claims.user_id)
+        except (*STORES_DOWN, asyncpg.PostgresError):
+            await ws.close(CloseCode.TRY_AGAIN_LATER)  # the record is away; come back soon
+            return
         if user is None or user["role"] != claims.role:
             await ws.close(CloseCode.ACCOUNT_GONE)
             return
         conn = Connection(ws, claims.user_id, claims.role, user["name"])
         try:
             await self._register(conn)
-        except (ConnectionError, OSError, AstroqError, asyncio.TimeoutError):
+        except (*STORES_DOWN, AstroqError, asyncio.TimeoutError):
             await self._unregister(conn, connected=False)
             await ws.close(CloseCode.TRY_AGAIN_LATER)
             return
@@ -409,7 +415,7 @@ class Gateway:
                 del self.accounts[conn.account_id]
                 try:
                     await self._unsubscribe(conn.account_id)
-                except (ConnectionError, OSError):
+                except REDIS_DOWN:
                     pass
         self.admins.discard(conn)
         if connected:
@@ -420,7 +426,7 @@ class Gateway:
                     self.id,
                     int(self.settings.reconnect_grace_s * 1000),
                 )
-            except (ConnectionError, OSError) as exc:
+            except REDIS_DOWN as exc:
                 # The heartbeat stops covering this socket; the matcher's reaper
                 # cannot see it either, so the grace starts from the rebuild.
                 log.warning("could not record a disconnect: %r", exc)
@@ -440,7 +446,10 @@ class Gateway:
 
     async def _receive(self, conn: Connection) -> None:
         bucket = TokenBucket(self.settings.ws_rate, self.settings.ws_burst)
+        # A stretch of rate_limited errors: it ends only after a second without one
+        # (a token now and then must not reset it, SPEC §4: 1008 after 5 s of errors).
         limited_since: float | None = None
+        last_limited = 0.0
         while True:
             await conn.room_to_answer()
             text = await _receive_text(conn.ws)
@@ -449,13 +458,14 @@ class Gateway:
             received = time.perf_counter()
             if not bucket.take():
                 now = time.monotonic()
-                limited_since = limited_since or now
+                if limited_since is None or now - last_limited > 1.0:
+                    limited_since = now
+                last_limited = now
                 if now - limited_since >= RATE_LIMIT_CLOSE_S:
                     await conn.ws.close(CloseCode.POLICY_VIOLATION)
                     return
                 conn.push_frame(error_frame(RateLimited(), _ref_of(text)))
                 continue
-            limited_since = None
             try:
                 frame = protocol.parse(text, conn.role)
             except protocol.FrameError as exc:
@@ -487,7 +497,7 @@ class Gateway:
         )
         try:
             first = await self.store.enqueue(conn.account_id, item, self.id, QUEUE_LOCK_MS)
-        except (ConnectionError, OSError):
+        except REDIS_DOWN:
             conn.push_frame(error_frame(Unavailable(), getattr(frame, "ref", None)))
             return
         if first is not None:
@@ -514,7 +524,7 @@ class Gateway:
             while item is not None:
                 await self._apply(item)
                 item = await self.store.next_frame(account_id, self.id, QUEUE_LOCK_MS)
-        except (ConnectionError, OSError) as exc:
+        except REDIS_DOWN as exc:
             log.warning("client queue of %s stalled: %r", account_id, exc)
         finally:
             self.drainers.pop(account_id, None)
@@ -532,7 +542,7 @@ class Gateway:
         except AstroqError as error:
             self.pending_acks.pop(op, None)
             await self._answer_error(uid, socket_id, error_frame(error, ref))
-        except (ConnectionError, OSError):
+        except REDIS_DOWN:
             self.pending_acks.pop(op, None)
             await self._answer_error(uid, socket_id, error_frame(Unavailable(), ref))
         else:
