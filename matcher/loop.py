@@ -56,6 +56,9 @@ def _snapshot(data: dict[str, Any]) -> flow.FlowSnapshot:
             counts=raw["counts"],
             total=raw["total"],
         )
+    # Only free astrologers: decide() never looks at one with no room (every path
+    # checks load < capacity), and with thousands online building the busy ones
+    # cost more than the decision (30 ms of 130 ms with 10,000 online).
     astrologers = tuple(
         flow.Astrologer(
             id=a[0],
@@ -67,6 +70,7 @@ def _snapshot(data: dict[str, Any]) -> flow.FlowSnapshot:
             idle_since_ms=int(a[6]),
         )
         for a in (data["astrologers"] if isinstance(data["astrologers"], list) else [])
+        if int(a[3]) < int(a[2])
     )
     general = tuple(
         flow.Waiting(w[0], int(w[1]), frozenset(w[2] if isinstance(w[2], list) else ()))
