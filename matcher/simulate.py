@@ -290,8 +290,9 @@ class _Run:
         self.rr_next = 0
         self.heap: list[tuple[int, ...]] = []
         self.pick_rng = random.Random(0x5EED)
-        self.elig_list: list[int] = []
+        self.elig_list: list[int] = []  # weighted_random: the eligible, in any order
         self.elig_pos: dict[int, int] = {}
+        self.elig_sorted: list[int] = []  # round_robin: the eligible, in id order
         # measures
         self.general_offers = [0] * n
         self.direct_offers = [0] * n
@@ -548,6 +549,8 @@ class _Run:
         elif policy == "weighted_random":
             self.elig_pos[i] = len(self.elig_list)
             self.elig_list.append(i)
+        elif policy == "round_robin":
+            bisect.insort(self.elig_sorted, i)
 
     def leave(self, i: int, weight: float) -> None:
         self.eff[i] = None
@@ -566,6 +569,8 @@ class _Run:
             if last != i:
                 self.elig_list[pos] = last
                 self.elig_pos[last] = pos
+        elif self.policy == "round_robin":
+            del self.elig_sorted[bisect.bisect_left(self.elig_sorted, i)]
 
     # ------------------------------------------------------------------ matching
 
@@ -728,10 +733,11 @@ class _Run:
                 heapq.heappush(heap, entry)
             return chosen
         if policy == "round_robin":
-            n = self.n
-            for step in range(n):
-                i = (self.rr_next + step) % n
-                if i in elig and not (excluded and i in excluded):
+            ring = self.elig_sorted
+            start = bisect.bisect_left(ring, self.rr_next)
+            for step in range(len(ring)):
+                i = ring[(start + step) % len(ring)]
+                if not (excluded and i in excluded):
                     self.rr_next = i + 1
                     return i
             return None
@@ -1197,9 +1203,7 @@ def main(argv: list[str] | None = None) -> int:
         f"direct {100 * args.direct_share:g}%, load {args.load:g} (mean session {scenario.mean_session_s:.0f} s)"
     )
     if args.json:
-        doc = summary(results, scenario)
-        doc["elapsed_s"] = round(elapsed, 3)
-        json.dump(doc, sys.stdout)
+        json.dump(summary(results, scenario), sys.stdout)
         sys.stdout.write("\n")
     else:
         print(format_text(results, scenario, headline))
