@@ -42,6 +42,7 @@ def unless_cancelled() -> None:
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[object]], grace_s: float = 5.0) -> None:
     """Cancels the tasks, again and again, until each has stopped (or grace_s passes)."""
+    tasks = list(tasks)
     pending = {task for task in tasks if not task.done()}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace_s
@@ -51,3 +52,6 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[object]], grace_s: float 
         _, pending = await asyncio.wait(pending, timeout=0.1)
     for task in pending:
         log.error("task %s did not stop when cancelled", task.get_name())
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a task that ended with an error was expected to

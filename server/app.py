@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import asyncpg
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -31,6 +31,8 @@ from server.settings import Settings
 from server.ws import Gateway
 
 log = logging.getLogger("astroq")
+
+REDIS_CONNECTIONS = 64  # per process; never one per socket (LESSONS: Redis halves at 30k)
 
 
 def web_dir() -> Path:
@@ -52,10 +54,18 @@ class Services:
 
 async def open_stores(settings: Settings, schema: str | None = None) -> tuple[Redis, asyncpg.Pool]:
     assert settings.database_url and settings.redis_url
-    # A paused Redis must turn into an error, not a hang: every call has a deadline.
-    redis = Redis.from_url(
-        settings.redis_url, health_check_interval=10, socket_timeout=10, socket_connect_timeout=5
+    # A bounded pool that makes callers wait their turn (rather than fail) when every
+    # connection is busy; and a deadline on every call, so a paused Redis turns
+    # into an error, not a hang.
+    pool_of_connections = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=REDIS_CONNECTIONS,
+        timeout=10,
+        health_check_interval=10,
+        socket_timeout=10,
+        socket_connect_timeout=5,
     )
+    redis = Redis(connection_pool=pool_of_connections)
     pool = await db.create_pool(settings.database_url, schema=schema)
     await db.migrate(pool, schema=schema)
     return redis, pool

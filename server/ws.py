@@ -480,7 +480,9 @@ class Gateway:
             if isinstance(frame, protocol.Auth):
                 conn.push_frame(error_frame(InvalidInput("already authenticated"), frame.ref))
                 continue
-            await self._submit(conn, frame, received)
+            # Shielded: if this socket closes mid-call, enqueue.lua may already have
+            # taken the client's queue lock; the reply must still start the drainer.
+            await asyncio.shield(self._submit(conn, frame, received))
 
     # ---- per-client queues ---------------------------------------------------------
     async def _submit(self, conn: Connection, frame: protocol.ClientFrame, received: float) -> None:
@@ -522,7 +524,10 @@ class Gateway:
             if item is None:
                 item = await self.store.next_frame(account_id, self.id, QUEUE_LOCK_MS)
             while item is not None:
-                await self._apply(item)
+                try:
+                    await self._apply(item)
+                except Exception:  # one bad frame must not strand the client's queue
+                    log.exception("applying a frame of %s failed", account_id)
                 item = await self.store.next_frame(account_id, self.id, QUEUE_LOCK_MS)
         except REDIS_DOWN as exc:
             log.warning("client queue of %s stalled: %r", account_id, exc)
@@ -546,12 +551,18 @@ class Gateway:
             self.pending_acks.pop(op, None)
             await self._answer_error(uid, socket_id, error_frame(Unavailable(), ref))
         else:
-            try:
-                async with asyncio.timeout(ACK_WAIT_S):
-                    await waiter
-            except asyncio.TimeoutError:
-                self.pending_acks.pop(op, None)
+            await self._await_ack(uid, op, waiter)
         metrics.FRAME_TIME.labels(frame_type).observe(time.perf_counter() - data["t"])
+
+    async def _await_ack(self, uid: str, op: str, waiter: asyncio.Future[None]) -> None:
+        """Holds the client's next frame until this one's ack is out (one at a time, in
+        order), but not when the ack cannot be seen here: once the account's last
+        socket on this gateway is gone, so is its subscription."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ACK_WAIT_S
+        while not waiter.done() and uid in self.accounts and loop.time() < deadline:
+            await asyncio.wait([waiter], timeout=min(0.1, deadline - loop.time()))
+        self.pending_acks.pop(op, None)
 
     async def _call(
         self, frame: protocol.ClientFrame, uid: str, role: str, name: str, socket_id: str, op: str

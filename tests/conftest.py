@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+import hypothesis  # noqa: F401  (loaded up front: its plugin imports it at session end otherwise)
 import pytest
 
 from tests.embedded_fixture import test_servers
