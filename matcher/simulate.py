@@ -28,8 +28,8 @@ request and attempt, not to the astrologer or the policy, so policies are compar
 on the same day.
 
 Measures, per policy. A general offer is an assignment. Each one entitles every
-astrologer eligible at that instant (free, flow-eligible, not yet excluded aside)
-to ``w_i / W`` of it, so an astrologer's *target* is what a perfectly fair flow
+astrologer eligible at that instant (free and flow-eligible; per-request exclusions
+aside) to ``w_i / W`` of it, so an astrologer's *target* is what a perfectly fair flow
 would have given it while it was free; *lag* = target - actual (positive: behind).
 Jain's index is taken over actual / target. *Stretch lag* is SPEC §5's own measure:
 the largest ``|count - share|`` within any stretch (the eligible set unchanged,
@@ -72,6 +72,7 @@ SESSION_SIGMA = 0.8  # log-normal shape of session lengths
 PENALTY_BREAK_S = 600.0  # how long a break for missed offers lasts
 ATTEMPT_DRAWS = 4  # pre-drawn outcomes per request; later attempts reuse them
 
+# Plain ints rather than enums: the event loop compares them millions of times.
 OFFLINE, ONLINE, BREAK = 0, 1, 2
 WAITING, OFFERED, ASSIGNED, CANCELLED = 0, 1, 2, 3
 EV_ANSWER, EV_SESSION_END, EV_STATUS, EV_PENALTY_END, EV_FLOW = range(5)
@@ -109,6 +110,9 @@ class Scenario:
     mean_session_s: float
 
 
+DEMAND_PEAK = 1.9  # the curve's maximum, the envelope for rejection sampling
+
+
 def demand(t_s: float) -> float:
     """Relative arrival rate at time of day `t_s`: peak 1.9 at 20:30, low 0.5 near 06:30."""
     theta = 2 * math.pi * (t_s / 3600.0 - PEAK_HOUR) / 24.0
@@ -118,14 +122,11 @@ def demand(t_s: float) -> float:
 def _sample_times(rng: random.Random, count: int) -> list[float]:
     # Conditioned on its count, a Poisson process's arrivals are independent draws
     # from the normalised rate: sample them by rejection.
-    rand, cos = rng.random, math.cos
-    scale = 2 * math.pi / DAY_S
-    shift = PEAK_HOUR * 3600.0
+    rand = rng.random
     out: list[float] = []
     while len(out) < count:
         t = rand() * DAY_S
-        theta = (t - shift) * scale
-        if rand() * 1.9 <= 1.0 + 0.7 * cos(theta) + 0.2 * cos(2 * theta):
+        if rand() * DEMAND_PEAK <= demand(t):
             out.append(t)
     return out
 
@@ -392,14 +393,17 @@ class _Run:
             self.waiting_general += 1
 
     def pick_named(self, u: float) -> int:
-        """The astrologer a direct request names: by popularity, from the request's own draw."""
+        """The astrologer a direct request names: one present, by popularity.
+
+        Rejection sampling seeded with the request's own draw, so the choice depends
+        only on the request and on who is present.
+        """
+        rng = random.Random(u)
         present, specs, top = self.present, self.specs, self.max_popularity
-        k = int(u * len(present))
-        for step in range(len(present)):
-            i = present[(k + step * 7919) % len(present)]
-            if specs[i].popularity >= top * ((u * 9973 + step * 0.618) % 1.0):
+        while True:
+            i = present[int(rng.random() * len(present))]
+            if rng.random() * top <= specs[i].popularity:
                 return i
-        return present[k]
 
     def answer(self, token: int, outcome: int) -> None:
         if not self.offer_live[token]:
