@@ -115,8 +115,10 @@ class Journal:
         on_position: Callable[[str, int, float | None], None] | None = None,
         store: Store | None = None,
         on_gone: Callable[[str], None] | None = None,
+        on_offered: Callable[[str], None] | None = None,
     ) -> None:
         self.on_gone = on_gone
+        self.on_offered = on_offered
         self.redis = redis
         self.pool = pool
         self.keys = keys
@@ -189,6 +191,8 @@ class Journal:
                 metrics.OFFER_RESPONSE.observe(value / 1000)
             elif name == "gone" and self.on_gone is not None:
                 self.on_gone(label)
+            elif name == "offered" and self.on_offered is not None:
+                self.on_offered(label)
             elif name == "pos" and self.on_position is not None:
                 position, eta = value
                 self.on_position(label, int(position), eta)

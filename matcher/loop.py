@@ -119,6 +119,7 @@ class Matcher:
             on_position=self.positions.remember,
             store=self.store,
             on_gone=self.positions.gone,
+            on_offered=self.positions.under_offer,
         )
         self.leader = asyncio.Event()
         self.token = ""

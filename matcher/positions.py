@@ -58,6 +58,11 @@ class Positions:
         """The `queued` frame told the client this already."""
         self.sent[request_id] = (position, eta)
 
+    def under_offer(self, request_id: str) -> None:
+        """Its owner is told its place again when it comes back, even at the same place."""
+        if request_id in self.sent:
+            self.sent[request_id] = UNDER_OFFER
+
     def gone(self, request_id: str) -> None:
         """The request ended: nothing more to tell about it."""
         self.sent.pop(request_id, None)

@@ -46,6 +46,7 @@ for i = 4, #ARGV, 4 do
     emit(aid, {type = 'offer', offer_id = oid, request_id = rid, kind = req.kind,
                direct = direct == '1', user = {id = req.user, name = req.uname},
                expires_in = timeout_ms / 1000})
+    metric('offered', rid)
     made = made + 1
   end
 end
