@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import orjson
-import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.harness import Account, Client, Service
+from tests.harness import Client, Service
 
 Factory = Callable[..., Awaitable[Service]]
 

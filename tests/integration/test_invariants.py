@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.harness import Account, Client, Service
+from tests.harness import Account, Service
 from tests.invariants import check, read_record
 
 USERS = 200

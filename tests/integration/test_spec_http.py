@@ -9,7 +9,6 @@ import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import httpx
-import pytest
 import pytest_asyncio
 
 from tests.harness import PASSWORD, Account, Service, start_service, stop_service

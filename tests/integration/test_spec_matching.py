@@ -9,7 +9,6 @@ import uuid
 from collections import Counter
 from typing import Any, Awaitable, Callable
 
-import pytest
 
 from tests.harness import Account, Client, Service
 
@@ -319,14 +318,6 @@ async def test_user_gone_past_grace_is_abandoned(service_factory: Factory) -> No
     ready = await (await service.connect(gone.account, ready=False)).next()
     assert ready["state"]["request"] is None  # too late to resume
 
-
-GRACE_MISSED = (
-    "SPEC §5 a disconnected client's grace runs out after ASTROQ_RECONNECT_GRACE: while an offer"
-    " is open, the matcher runs its timers only at the earliest deadline it saw last time"
-    " (matcher/loop.py:218, Matcher._work: `if now_ms() >= next_due_ms`), and a grace deadline"
-    " added later by disconnect.lua (server/ws.py Gateway._unregister) neither wakes it nor"
-    " moves that time, so the grace is only looked at when the open offer expires"
-)
 
 
 async def test_user_gone_past_grace_is_abandoned_while_an_offer_is_open(

@@ -685,14 +685,6 @@ async def test_offer_withdrawn_when_the_user_cancels(shared: Service) -> None:
     assert await error_code(console, accept) == "offer_expired"
 
 
-GRACE_MISSED = (
-    "SPEC §5 a disconnected client's grace runs out after ASTROQ_RECONNECT_GRACE: while an offer"
-    " is open, the matcher runs its timers only at the earliest deadline it saw last time"
-    " (matcher/loop.py:218, Matcher._work: `if now_ms() >= next_due_ms`), and a grace deadline"
-    " added later by disconnect.lua (server/ws.py Gateway._unregister) neither wakes it nor"
-    " moves that time, so the grace is only looked at when the open offer expires"
-)
-
 
 async def test_offer_withdrawn_when_the_user_is_abandoned(service_factory: Factory) -> None:
     service = await service_factory(reconnect_grace_s=0.5, offer_timeout_s=10)
