@@ -242,11 +242,11 @@ class Matcher:
                     # one PostgreSQL commit carries a request and the offer it got, so
                     # the offer does not wait for a second fsync. Frames still go out
                     # only after that commit, in outbox order.
-                    more: Any = await self.redis.xread(
+                    committed: Any = await self.redis.xread(
                         {self.keys.outbox: entries[-1][0] if entries else last_id}, count=1000
                     )
-                    if more:
-                        entries += more[0][1]
+                    if committed:
+                        entries += committed[0][1]
                 if entries:
                     await self.journal.persist(entries)
                     last_id = entries[-1][0]
