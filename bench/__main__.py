@@ -58,7 +58,7 @@ class Sizes:
 FULL = Sizes(
     echo_sockets=50, echo_window=32, echo_s=5.0, redis_requests=100_000,
     match_users=400, match_astrologers=50, match_capacity=10, warmup_s=3.0, closed_s=10.0, paced_s=8.0,
-    idle_sockets=20_000, waiting=10_000, fan_astrologers=40, hold_s=0.25, join_rate=2_000.0, fan_s=10.0,
+    idle_sockets=20_000, waiting=10_000, fan_astrologers=150, hold_s=0.25, join_rate=2_000.0, fan_s=10.0,
     scale_rounds=300, scale_rounds_big_roster=50,
 )
 QUICK = Sizes(

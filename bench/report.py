@@ -143,7 +143,7 @@ def render(results: dict[str, Any]) -> str:
     rate = sockets.get("matched_per_s")
     stale = sockets.get("position_staleness_p99_ms")
     rows.append((
-        f"fan-out: users waiting while matching runs / matched per s",
+        f"fan-out: users waiting while matching runs / matched per s ({_n(sockets.get('fanout_astrologers'))} astrologers)",
         f"{_n(waiting)} / {_n(rate, 1)}",
         f">= {TARGET_WAITING:,} / >= {TARGET_MATCH_RATE:.0f}",
         _verdict(None if waiting is None else (waiting >= TARGET_WAITING and (rate or 0) >= TARGET_MATCH_RATE), quick),
