@@ -6,11 +6,14 @@
 local function with_owners(line)
   local rids = redis.call('ZRANGE', line, 0, -1)
   local out = {}
-  if #rids == 0 then return out end
-  local owners = redis.call('HMGET', k('owner'), unpack(rids))
-  for i, rid in ipairs(rids) do
-    out[#out + 1] = rid
-    out[#out + 1] = owners[i] or ''
+  -- In chunks: unpack() of a long line would overflow Lua's C stack (~8,000).
+  for first = 1, #rids, 1000 do
+    local last = math.min(first + 999, #rids)
+    local owners = redis.call('HMGET', k('owner'), unpack(rids, first, last))
+    for i = first, last do
+      out[#out + 1] = rids[i]
+      out[#out + 1] = owners[i - first + 1] or ''
+    end
   end
   return out
 end
