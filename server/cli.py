@@ -222,13 +222,6 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
-    from matcher import simulate
-
-    result: int = simulate.main(args.rest)
-    return result
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="astroq", description="Real-time consultation matching.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -238,10 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply database migrations")
     admin = commands.add_parser("create-admin", help="create or reset an admin")
     admin.add_argument("email")
-    simulate = commands.add_parser(
-        "simulate", help="replay a synthetic day through the flow algorithm", add_help=False
+    commands.add_parser(
+        "simulate", help="replay a synthetic day through the flow algorithm (see --help)"
     )
-    simulate.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -251,11 +243,17 @@ COMMANDS = {
     "matcher": cmd_matcher,
     "migrate": cmd_migrate,
     "create-admin": cmd_create_admin,
-    "simulate": cmd_simulate,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:
+        # The simulator has its own options (and --help); it needs no settings.
+        from matcher import simulate
+
+        result: int = simulate.main(argv[1:])
+        return result
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
