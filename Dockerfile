@@ -27,12 +27,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY server ./server
 COPY matcher ./matcher
 COPY bench ./bench
-RUN pip install --no-deps .
-# The browser pages (SPEC: /, /console, /admin) go beside the installed
-# server package, where server.app.web_dir() looks for them.
 COPY web ./web
-RUN cp -r web "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/web" \
-    && python -m compileall -q /opt/astroq
+RUN pip install --no-deps . && python -m compileall -q /opt/astroq
 
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime
