@@ -255,7 +255,9 @@ class Matcher:
                 if positions_dirty and clock >= positions_due:
                     positions_dirty = False
                     positions_due = clock + POSITIONS_EVERY_S
-                    lines = (await self.positions.publish())["data"]
+                    published = await self.positions.publish()
+                    lines = published["data"]
+                    positions_dirty = published["deferred"] > 0
                 if stats_dirty and clock >= stats_due:
                     stats_dirty = False
                     stats_due = clock + STATS_EVERY_S

@@ -13,11 +13,20 @@ out in a few batches on one fan-out channel that every gateway reads, not as one
 message per account: 10,000 PUBLISH calls a pass cost the matcher ~0.3 s and
 each gateway as much again to read. A gateway passes each line of a batch to the
 sockets it holds for that account and skips the rest.
+
+A pass sends at most FANOUT_PER_PASS position frames, those whose change is
+oldest first. With a long line every waiting user's place changes on every pass,
+and sending them all (10,000 frames every 100 ms) would flood the gateways: the
+frames would queue in pub/sub and every position would arrive seconds late.
+Spread over passes, each user still hears its latest place within
+waiting / FANOUT_PER_PASS passes (0.67 s for 10,000), at a rate a gateway keeps.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +44,9 @@ UNDER_OFFER = (0, None)  # no position while under offer
 # ids are UUIDs, so it never meets a real one), like Keys.admin_events.
 FANOUT_ACCOUNT = "fanout"
 FANOUT_BATCH = 2_000  # frames per message: amortises the publish, never stalls a gateway long
+# Position frames per pass (every 100 ms): ~15,000 a second, well within what one
+# gateway writes (~45 us a frame) while it still serves everything else.
+FANOUT_PER_PASS = 1_500
 
 
 def eta_seconds(position: int, capacity: int, avg_ms: float) -> float | None:
@@ -52,6 +64,8 @@ class Positions:
     # its `queued` frame has gone out, so no `position` ever precedes its ack.
     sent: dict[str, tuple[int, float | None]] = field(default_factory=dict)
     waiting_sent: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Requests whose owner has not yet heard their latest place, and since when.
+    stale_since: dict[str, float] = field(default_factory=dict)
     adopt_all: bool = True  # after a rebuild or a new leader: every waiting request was acked
 
     def remember(self, request_id: str, position: int, eta: float | None) -> None:
@@ -66,10 +80,12 @@ class Positions:
     def gone(self, request_id: str) -> None:
         """The request ended: nothing more to tell about it."""
         self.sent.pop(request_id, None)
+        self.stale_since.pop(request_id, None)
 
     def forget_all(self) -> None:
         self.sent.clear()
         self.waiting_sent.clear()
+        self.stale_since.clear()
         self.adopt_all = True
 
     async def publish(self) -> dict[str, Any]:
@@ -92,7 +108,9 @@ class Positions:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.keys.m("etaparams"), "cap_general", general_cap)
         live: set[str] = set()
-        out: list[bytes] = []  # fan-out lines, "<account id> <frame JSON>"
+        now = time.monotonic()
+        stale_since = self.stale_since
+        changed: list[tuple[str, str, tuple[int, float | None]]] = []
 
         def line(pairs: Any, cap: int) -> int:
             pairs = pairs if isinstance(pairs, list) else []
@@ -101,17 +119,15 @@ class Positions:
                 position = index // 2 + 1
                 value = (position, eta_seconds(position, cap, avg_ms))
                 live.add(rid)
-                if rid not in self.sent and not self.adopt_all:
-                    continue  # its ack and `queued` are not out yet
-                if self.sent.get(rid) != value and uid:
-                    self.sent[rid] = value
-                    frame = {
-                        "type": "position",
-                        "request_id": rid,
-                        "position": value[0],
-                        "eta_seconds": value[1],
-                    }
-                    out.append(fanout_line(uid, frame))
+                if rid not in self.sent:
+                    if not self.adopt_all:
+                        continue  # its ack and `queued` are not out yet
+                    self.sent[rid] = UNDER_OFFER  # acked; its place not yet told
+                if self.sent.get(rid) == value or not uid:
+                    stale_since.pop(rid, None)
+                    continue
+                stale_since.setdefault(rid, now)
+                changed.append((rid, uid, value))
             return len(pairs) // 2
 
         general_waiting = line(data["general"], general_cap)
@@ -122,6 +138,17 @@ class Positions:
             if rid not in live:
                 # Under offer: when it comes back, its owner hears its place again.
                 self.sent[rid] = UNDER_OFFER
+        for rid in [rid for rid in stale_since if rid not in live]:
+            del stale_since[rid]
+
+        if len(changed) > FANOUT_PER_PASS:
+            changed = heapq.nsmallest(FANOUT_PER_PASS, changed, key=lambda c: stale_since[c[0]])
+        out: list[bytes] = []  # fan-out lines, "<account id> <frame JSON>"
+        for rid, uid, value in changed:
+            self.sent[rid] = value
+            del stale_since[rid]
+            frame = {"type": "position", "request_id": rid, "position": value[0], "eta_seconds": value[1]}
+            out.append(fanout_line(uid, frame))
 
         for aid, status, *_ in astrologers:
             if status == "offline":
@@ -143,7 +170,13 @@ class Positions:
             metrics.ASTROLOGERS.labels(status).set(count)
         metrics.BUSY_SLOTS.set(busy_slots)
         metrics.FREE_SLOTS.set(free_slots)
-        return {"live": data["live"], "by_status": by_status, "data": data, "sent": len(out)}
+        return {
+            "live": data["live"],
+            "by_status": by_status,
+            "data": data,
+            "sent": len(out),
+            "deferred": len(stale_since),  # owners still to hear their latest place
+        }
 
 
 def fanout_line(account_id: str, frame: dict[str, Any]) -> bytes:

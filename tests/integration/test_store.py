@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+import orjson
 from redis.asyncio import Redis
 
 from matcher.keys import Keys
+from matcher.positions import FANOUT_ACCOUNT, FANOUT_PER_PASS, Positions
 from matcher.store import Store
 
 
@@ -37,6 +39,58 @@ async def test_scripts_come_back_after_script_flush(store_urls: tuple[str, str])
         await redis.script_flush()
         assert (await store.lease("m1", 1000)).held  # reloaded transparently
     finally:
+        async for key in redis.scan_iter(match=f"{keys.prefix}:*"):
+            await redis.delete(key)
+        await redis.aclose()
+
+
+async def test_a_long_line_hears_its_positions_in_turns_and_none_is_starved(
+    store_urls: tuple[str, str],
+) -> None:
+    """More changed positions than one pass sends: oldest change first, each owner in turn."""
+    redis = Redis.from_url(store_urls[1])
+    keys = Keys(f"t{uuid.uuid4().hex[:10]}")
+    positions = Positions(Store(redis, keys), redis, keys)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.events(FANOUT_ACCOUNT))
+    size = 4_000
+    turns = -(-size // FANOUT_PER_PASS)  # passes one change takes to reach every owner
+
+    async def heard() -> dict[str, int]:
+        shown: dict[str, int] = {}
+        while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)) is not None:
+            for line in message["data"].split(b"\n"):
+                owner, _, frame = line.partition(b" ")
+                shown[owner.decode()] = orjson.loads(frame)["position"]
+        return shown
+
+    try:
+        pipe = redis.pipeline(transaction=False)
+        for i in range(size):
+            pipe.zadd(keys.general_line, {f"r{i}": i})
+            pipe.hset(keys.m("owner"), f"r{i}", f"u{i}")
+        await pipe.execute()
+        await heard()
+
+        last_heard: dict[str, int] = {}
+        for step in range(3 * turns):
+            if step >= turns:
+                # From here on someone leaves the head every pass: every place changes.
+                await redis.zrem(keys.general_line, f"r{step - turns}")
+            published = await positions.publish()
+            frames = await heard()
+            assert published["sent"] == len(frames) <= FANOUT_PER_PASS
+            for owner, position in frames.items():
+                assert position == int(owner[1:]) + 1 - max(0, step - turns + 1)
+                last_heard[owner] = step
+            if step == turns - 1:
+                assert published["deferred"] == 0  # the whole line has heard its place
+                assert len(last_heard) == size
+            if step >= turns:
+                waiting = [f"u{i}" for i in range(step - turns + 1, size)]
+                assert all(step - last_heard[owner] < turns + 1 for owner in waiting)
+    finally:
+        await pubsub.aclose()
         async for key in redis.scan_iter(match=f"{keys.prefix}:*"):
             await redis.delete(key)
         await redis.aclose()
