@@ -57,11 +57,17 @@ def serve_until_signal(server: uvicorn.Server, sock: socket.socket) -> None:
     """Runs uvicorn until SIGINT or SIGTERM, then shuts down cleanly (no traceback, exit 0)."""
     import uvloop
 
+    from server.gc_pauses import keep_gc_pauses_short
+
     async def go() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
-        await server.serve(sockets=[sock])
+        collector = asyncio.create_task(keep_gc_pauses_short(), name="gc-pauses")
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            collector.cancel()
 
     uvloop.run(go())
     if not server.started:
