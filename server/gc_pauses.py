@@ -10,15 +10,21 @@ late by as much.
 Here the survivors are moved out of the collector's sight (gc.freeze) every
 few seconds, after a collection of what is young, so a full collection walks
 only what was allocated since. Frozen objects are still freed by reference
-counting; only cycles among them are not, so when the frozen heap has grown by
-half since it was last reviewed, it is thawed and collected once: a long pause
-only as often as the heap grows by half, like an array that doubles.
+counting; only cycles among them are not, so when the heap has grown by half
+since the frozen objects were last reviewed, they are thawed and collected
+once: a long pause only as often as the heap grows by half, like an array
+that doubles.
+
+The heap is measured by pymalloc's allocated blocks (a walk over its arenas),
+not by gc.get_freeze_count(), which walks every frozen object: called each
+second in a gateway holding 20,000 sockets it took a third of the process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 
 FREEZE_EVERY_S = 1.0
 REVIEW_GROWTH = 1.5
@@ -27,13 +33,13 @@ REVIEW_GROWTH = 1.5
 async def keep_gc_pauses_short() -> None:
     gc.collect()
     gc.freeze()
-    reviewed = gc.get_freeze_count()
+    reviewed_blocks = sys.getallocatedblocks()
     while True:
         await asyncio.sleep(FREEZE_EVERY_S)
-        review = gc.get_freeze_count() > reviewed * REVIEW_GROWTH
+        review = sys.getallocatedblocks() > reviewed_blocks * REVIEW_GROWTH
         if review:
             gc.unfreeze()
         gc.collect()
         gc.freeze()
         if review:
-            reviewed = gc.get_freeze_count()
+            reviewed_blocks = sys.getallocatedblocks()

@@ -43,6 +43,7 @@ AUTH_TIMEOUT_S = 10.0
 RATE_LIMIT_CLOSE_S = 5.0  # still over the rate after this long: close 1008
 SEND_QUEUE_MAX = 1024  # frames waiting for a slow reader before it is closed (1013)
 SEND_STALL_S = 5.0  # a socket that takes no frame for this long has stopped reading: 1013
+STALL_SWEEP_S = 1.0  # how often stalled writes are looked for: a stall is seen within 5-6 s
 QUEUE_LOCK_MS = 10_000  # a client queue's lock outlives a crashed holder by this much
 ACK_WAIT_S = 5.0  # past this the next frame is applied anyway (the ack still comes)
 HEARTBEAT_S = 1.0
@@ -79,6 +80,9 @@ class Connection:
     early: list[str] = field(default_factory=list)
     overflowed: asyncio.Event = field(default_factory=asyncio.Event)
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    # When the frame being written now was handed to the socket (loop time), 0.0
+    # between writes: the stall watchdog reads it, so a write needs no timer of its own.
+    sending_since: float = 0.0
 
     def push(self, text: str) -> None:
         if not self.ready:
@@ -210,6 +214,7 @@ class Gateway:
         self._tasks = [
             asyncio.create_task(self._read_events(), name="gateway-events"),
             asyncio.create_task(self._heartbeat(), name="gateway-heartbeat"),
+            asyncio.create_task(self._watch_stalled_sends(), name="gateway-stall-watch"),
         ]
         for task in self._tasks:
             task.add_done_callback(log_failure)
@@ -222,7 +227,9 @@ class Gateway:
     async def _read_events(self) -> None:
         while True:
             try:
-                message = await self._pubsub.get_message(timeout=1.0)
+                # Blocking (timeout None): no timer armed per message. A lost
+                # connection still raises at once; stop() cancels the read.
+                message = await self._pubsub.get_message(timeout=None)
             except REDIS_DOWN as exc:
                 unless_cancelled()
                 log.warning("pub/sub connection lost: %r", exc)
@@ -432,17 +439,29 @@ class Gateway:
                 log.warning("could not record a disconnect: %r", exc)
 
     async def _send(self, conn: Connection) -> None:
+        loop = asyncio.get_running_loop()
+        outbox, send_text = conn.outbox, conn.ws.send_text
         while True:
             await conn.wakeup.wait()
             conn.wakeup.clear()
-            try:
-                while conn.outbox:
-                    async with asyncio.timeout(SEND_STALL_S):
-                        await conn.ws.send_text(conn.outbox.popleft())
-            except TimeoutError:
-                conn.overflowed.set()  # it stopped reading; closing it frees its place
-                return
+            while outbox:
+                conn.sending_since = loop.time()
+                await send_text(outbox.popleft())
+            conn.sending_since = 0.0
             conn.drained.set()
+
+    async def _watch_stalled_sends(self) -> None:
+        """Closes sockets whose current write has not finished in SEND_STALL_S: the
+        client stopped reading. One sweep a second costs less than a timer per frame
+        (a pass of the fan-out writes 10,000 frames)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(STALL_SWEEP_S)
+            stalled_before = loop.time() - SEND_STALL_S
+            for group in self.accounts.values():
+                for conn in group:
+                    if 0.0 < conn.sending_since < stalled_before:
+                        conn.overflowed.set()  # closing it frees its place
 
     async def _receive(self, conn: Connection) -> None:
         bucket = TokenBucket(self.settings.ws_rate, self.settings.ws_burst)
