@@ -1,7 +1,7 @@
 // The admin page: live stats from the admin socket, the top-flow switch, the
 // astrologer table edited in place, and a form to add astrologers.
 
-import { $, Auth, Notices, Socket, h, setupShell, show } from "./common.js";
+import { $, Auth, Notices, connectPage, h, show } from "./common.js";
 
 const CHART_WINDOW_MS = 5 * 60_000;
 const SAMPLE_EVERY_MS = 2000;
@@ -20,26 +20,17 @@ const view = {
 
 let sampler = null;
 
-const socket = new Socket({
-  auth,
-  onFrame: handleFrame,
-  onState: (state, delay) => shell.setConnection(state, delay),
-  onError: (err) => notices.error(err),
-  onAuthLost: (err) => shell.authLost(err),
-});
-
-const shell = setupShell({
+const { socket, shell } = connectPage({
   auth,
   notices,
+  onFrame: handleFrame,
   role: "admin",
   onLogin: () => {
     loadAll();
-    socket.start();
     clearInterval(sampler);
     sampler = setInterval(sample, SAMPLE_EVERY_MS);
   },
   onLogout: () => {
-    socket.stop();
     clearInterval(sampler);
   },
 });

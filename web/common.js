@@ -704,3 +704,33 @@ export function setupShell({ auth, notices, role, onLogin, onLogout }) {
     },
   };
 }
+
+/**
+ * A page's shell and its socket, wired together: the socket runs while someone
+ * of `role` is logged in, its state shows in the header, and a socket whose
+ * login is refused logs the page out. `onLogin` and `onLogout` add the page's
+ * own work.
+ */
+export function connectPage({ auth, notices, role, onFrame, onLogin = () => {}, onLogout = () => {} }) {
+  const socket = new Socket({
+    auth,
+    onFrame,
+    onState: (state, delay) => shell.setConnection(state, delay),
+    onError: (err) => notices.error(err),
+    onAuthLost: (err) => shell.authLost(err),
+  });
+  const shell = setupShell({
+    auth,
+    notices,
+    role,
+    onLogin: (user) => {
+      socket.start();
+      onLogin(user);
+    },
+    onLogout: () => {
+      socket.stop();
+      onLogout();
+    },
+  });
+  return { socket, shell };
+}

@@ -1,7 +1,7 @@
 // The astrologer console: status, incoming offers with a countdown, current
 // sessions, and how many wait. Rebuilt from the `ready` frame on reconnect.
 
-import { $, Auth, Notices, Socket, h, setupShell, show } from "./common.js";
+import { $, Auth, Notices, connectPage, h, show } from "./common.js";
 
 const BASE_TITLE = "astroq · astrologer console";
 const STATUS_WORDS = { online: "Online", break: "On break", offline: "Offline" };
@@ -19,21 +19,12 @@ const view = {
 
 let ticker = null;
 
-const socket = new Socket({
-  auth,
-  onFrame: handleFrame,
-  onState: (state, delay) => shell.setConnection(state, delay),
-  onError: (err) => notices.error(err),
-  onAuthLost: (err) => shell.authLost(err),
-});
-
-const shell = setupShell({
+const { socket, shell } = connectPage({
   auth,
   notices,
+  onFrame: handleFrame,
   role: "astrologer",
-  onLogin: () => socket.start(),
   onLogout: () => {
-    socket.stop();
     clearOffers();
     clearSessions();
   },

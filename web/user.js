@@ -5,11 +5,10 @@ import {
   $,
   Auth,
   Notices,
-  Socket,
   cancelReasonWords,
+  connectPage,
   formatEta,
   h,
-  setupShell,
   show,
 } from "./common.js";
 
@@ -30,26 +29,17 @@ const view = {
 let pollTimer = null;
 let listFailing = false;
 
-const socket = new Socket({
-  auth,
-  onFrame: handleFrame,
-  onState: (state, delay) => shell.setConnection(state, delay),
-  onError: (err) => notices.error(err),
-  onAuthLost: (err) => shell.authLost(err),
-});
-
-const shell = setupShell({
+const { socket, shell } = connectPage({
   auth,
   notices,
+  onFrame: handleFrame,
   role: "user",
   onLogin: () => {
-    socket.start();
     refreshAstrologers();
     clearInterval(pollTimer);
     pollTimer = setInterval(refreshAstrologers, ASTROLOGERS_EVERY_MS);
   },
   onLogout: () => {
-    socket.stop();
     clearInterval(pollTimer);
     view.request = null;
     view.session = null;
