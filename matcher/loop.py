@@ -216,6 +216,8 @@ class Matcher:
                     block_s = min(block_s, max(0.0, positions_due - clock))
                 if stats_dirty:
                     block_s = min(block_s, max(0.0, stats_due - clock))
+                if must_decide:
+                    block_s = 0.0
                 reply: Any = await self.redis.xread(
                     {self.keys.outbox: last_id}, count=1000, block=max(1, int(block_s * 1000))
                 )
@@ -247,6 +249,13 @@ class Matcher:
                     )
                     if committed:
                         entries += committed[0][1]
+                        # Read past the decision, so the next read will not show
+                        # these: among them may be a gateway's change that came
+                        # after the snapshot (an astrologer online, a cancel), and
+                        # the offers just made brought deadlines the timers have
+                        # not seen. Decide and look at the timers again at once,
+                        # rather than sleep until the next change or the old deadline.
+                        must_decide = True
                 if entries:
                     await self.journal.persist(entries)
                     last_id = entries[-1][0]

@@ -203,6 +203,26 @@ async def test_expired_direct_request_is_cancelled_timeout(service_factory: Fact
     await service.eventually("SELECT reason FROM requests WHERE id = $1", "timeout", request_id)
 
 
+async def test_offers_expire_on_time_while_later_deadlines_are_pending(
+    service_factory: Factory,
+) -> None:
+    """The matcher sleeps until the earliest deadline. An offer made after it looked
+    (every request has a max wait far ahead, a disconnect a grace) must still expire
+    on time, with nothing else happening to wake the matcher."""
+    service = await service_factory(offer_timeout_s=0.5, max_wait_s=600.0, reconnect_grace_s=60.0)
+    astro = await service.astrologer()
+    console = await service.online(astro)
+    away, page = [await service.connect(u) for u in await users(service, 2)]
+    await away.close()  # a grace 60 s ahead
+    for _ in range(2):
+        request_id = await request(page, astro.id)
+        offer = await console.wait_for("offer")
+        expired = await console.wait_for("offer_expired", timeout=2.5)
+        assert expired == {"type": "offer_expired", "offer_id": offer["offer_id"]}
+        cancelled = await page.wait_for("cancelled", timeout=1)
+        assert cancelled == {"type": "cancelled", "request_id": request_id, "reason": "timeout"}
+
+
 async def test_missed_offers_put_the_astrologer_on_break(service_factory: Factory) -> None:
     service = await service_factory(offer_timeout_s=0.3, max_missed=2)
     astro = await service.astrologer()
