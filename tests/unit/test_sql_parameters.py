@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.astparse import parse
+
 ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("server", "matcher", "bench")
 
@@ -218,7 +220,7 @@ def _formatted(node: ast.expr) -> list[ast.expr]:
 
 
 def scan_source(source: str, path: str) -> list[Finding]:
-    tree = ast.parse(source, filename=path)
+    tree = parse(source, path)
     scanner = _Scanner(path, _module_constants(tree))
     scanner.visit(tree)
     return scanner.findings
