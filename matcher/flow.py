@@ -33,7 +33,9 @@ exact fair share:
 * among the not-ahead candidates pick the smallest virtual finish
   ``(c_i + 1) / w_i``; ties go to the one idle longest (smallest
   ``idle_since_ms``; one that already got an offer in this decision counts as the
-  most recently served), then to the smaller id.
+  most recently served), then to the smaller id;
+* except for the first pick of a stretch, which the bound leaves free: it goes to
+  the member the whole day owes most (see "The first pick of a stretch").
 
 Both bounds are strict, ``|c_i - total * w_i / W| < 1`` at every step:
 
@@ -76,11 +78,24 @@ it again) are per request and may leave no not-ahead candidate; the request then
 goes to the remaining candidate with the smallest virtual finish. Only then can the
 bound be exceeded in that stretch.
 
-A consequence worth knowing: the first pick of a fresh stretch always goes to the
-heaviest free astrologer. Under real load the set changes at almost every event,
-so most stretches are a single offer long and, over a day, the flow leans towards
-heavy astrologers more than their weight share (most at low load). docs/flow.md
-has the simulator's numbers.
+The first pick of a stretch
+---------------------------
+Under real load the set changes at almost every event (a session ends, an offer
+fills a slot), so most stretches are a single offer long, and their first picks
+decide how work is shared over a day. Any first pick keeps the bound: after it the
+picked member is at most ``1 - w_j / W`` above its share and the others below theirs
+by less than 1, and the jobs still due by any slot b number at most b - 1, which the
+slots 2..b hold, so EDF goes on meeting every deadline (docs/flow.md has the
+argument). So the first pick goes to the member the day owes most: the smallest
+virtual finish ``pass_i + 1 / w_i``, where `Stretch.vtime` advances by 1 / W at every
+general assignment (W the eligible weight then) and ``pass_i`` by ``1 / w_i`` at each
+of i's own, whatever the stretch; ties go to the longest idle, then the smaller id.
+This is start-time fair queueing over the whole day: a member that stays free is
+owed more with every assignment it does not get, and over a day each astrologer's
+share of the general flow follows its weight and the time it was free. A member that
+joins the set (online, back from a break, free again) starts at the virtual time:
+level, with nothing owed and nothing held against it. Passes are floats; they only
+order first picks, never decide the bound.
 
 Exact arithmetic
 ----------------
@@ -94,9 +109,9 @@ never decides a pick.
 Cost
 ----
 One pass over the astrologers (build the eligible set, compare with `members`),
-then heaps: O(n + k log n) for k offers among n free astrologers, including the
-resets caused by filled slots. The first pick of a fresh stretch, the common case,
-needs no heap: a few scans in C over the weights.
+then heaps: O(n + k log n) for k offers among n free astrologers, plus O(n) for the
+first pick after each reset caused by a filled slot. The first pick of a fresh
+stretch, the common case, needs no heap: a few scans in C over the passes.
 """
 
 from __future__ import annotations
@@ -146,6 +161,12 @@ class Stretch:
     members: tuple[tuple[str, float], ...] = ()  # (astrologer id, effective weight), sorted
     counts: Mapping[str, int] = field(default_factory=dict)
     total: int = 0
+    # Across stretches, for the first pick of each (see "The first pick of a stretch"):
+    # virtual time, which each general assignment advances by 1 / (the eligible
+    # weight then), and each member's virtual pass, advanced by 1 / w at each of its
+    # assignments. A member that joins the eligible set starts at the virtual time.
+    vtime: float = 0.0
+    passes: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -202,7 +223,7 @@ def fair_shares(members: Iterable[tuple[str, float]], total: int) -> dict[str, f
 _ID = operator.attrgetter("id")
 _WEIGHT = operator.attrgetter("weight")
 _IDLE = operator.attrgetter("idle_since_ms")
-_IDLE_ID = operator.attrgetter("idle_since_ms", "id")
+_INVERSE = (1.0).__truediv__  # 1 / w, as float division
 
 
 def _eligible(
@@ -244,10 +265,11 @@ def _without(members: tuple[tuple[str, float], ...], gone: list[str]) -> tuple[t
 class _Fair:
     """WF2Q over the members of the current stretch, for the rest of one decision.
 
-    The first pick of a fresh stretch (every count zero) is simply the heaviest
-    member, then the longest idle, then the smallest id: a single pass, no heaps.
-    Anything after that builds three heaps, in which each member sits in exactly
-    one; an entry whose version is not the member's current one is stale:
+    The first pick of a fresh stretch (every count zero, also after a reset) is the
+    smallest virtual finish over the day, then the longest idle, then the smallest
+    id: a scan, no heaps. Picks within a stretch use three heaps, in which each
+    member sits in exactly one; an entry whose version is not the member's current
+    one is stale:
 
     * ``zero``: count 0, so never ahead. Its finish ``1 / w`` orders like ``-w``,
       which floats compare exactly, so entries are ``(-w, idle, id, version)``. It
@@ -271,8 +293,12 @@ class _Fair:
         total: int,
         served: dict[str, int],
         order: dict[str, int],
+        passes: dict[str, float],
+        vtime: float,
     ) -> None:
         self.ids, self.weights, self.chosen = ids, weights, chosen
+        self.passes, self.vtime = passes, vtime
+        self._weight_total: float | None = None  # of the members still in; None: not summed yet
         self.served = served  # offers made in this decision, per astrologer
         # When each was last served in this decision: in idle ties it then ranks
         # after everyone not served, in that order (see idle_of).
@@ -330,6 +356,18 @@ class _Fair:
     def __bool__(self) -> bool:
         return self.left > 0
 
+    def weight_total(self) -> float:
+        """The members' effective weight, summed exactly rounded (order does not matter)."""
+        if self._weight_total is None:
+            if self.built:
+                self._weight_total = math.fsum(self.weight_of.values())
+            elif self.removed:
+                gone = set(self.removed)
+                self._weight_total = math.fsum(w for m, w in zip(self.ids, self.weights) if m not in gone)
+            else:
+                self._weight_total = math.fsum(self.weights)
+        return self._weight_total
+
     def idle_of(self, aid: str) -> int:
         """Idle rank: smaller is idle longer; served in this decision ranks last."""
         served_at = self.order.get(aid)
@@ -358,34 +396,48 @@ class _Fair:
                 return entry
         return None
 
-    def _first_pick(self, excluded: frozenset[str]) -> Astrologer | None:
-        """Fresh stretch, first pick: the heaviest, then the longest idle, then the smallest id."""
-        weights, chosen = self.weights, self.chosen
+    def _first_pick(self, excluded: frozenset[str]) -> str | None:
+        """Fresh stretch (every count zero): the smallest virtual finish ``pass + 1 / w``
+        over the day, then the longest idle, then the smallest id."""
+        if self.built or self.order or self.removed:
+            if not self.built:
+                self._build()
+            ids = list(self.weight_of)
+            weights = list(self.weight_of.values())
+            idles = [self.idle_of(aid) for aid in ids]
+        else:
+            ids, weights, idles = self.ids, self.weights, list(map(_IDLE, self.chosen))
+        # Scans in C: the virtual finishes, then rank only the ones tied with the best.
+        finishes = list(map(operator.add, map(self.passes.__getitem__, ids), map(_INVERSE, weights)))
         if excluded:
-            entries = zip(map(operator.neg, weights), map(_IDLE, chosen), self.ids, chosen)
+            entries = zip(finishes, idles, ids, range(len(ids)))
             best = min((e for e in entries if e[2] not in excluded), default=None)
-            return None if best is None else best[3]
-        # Scans in C: find the heaviest, and only rank the ones tied with it.
-        heaviest = max(weights)
-        at = weights.index(heaviest)
-        ties = weights.count(heaviest)
-        if ties == 1:
-            return chosen[at]
-        tied = [chosen[at]]
-        for _ in range(ties - 1):
-            at = weights.index(heaviest, at + 1)
-            tied.append(chosen[at])
-        return min(tied, key=_IDLE_ID)
+            if best is None:
+                return None
+            at = best[3]
+        else:
+            least = min(finishes)
+            at = finishes.index(least)
+            ties = finishes.count(least)
+            if ties > 1:
+                tied = [at]
+                for _ in range(ties - 1):
+                    tied.append(finishes.index(least, tied[-1] + 1))
+                at = min(tied, key=lambda k: (idles[k], ids[k]))
+        if not self.built:
+            self.fast = self.chosen[at]
+        return ids[at]
 
     def pick(self, excluded: frozenset[str]) -> str | None:
         """Choose the member for one general request, or None when all are excluded.
 
         The chosen member's heap entry is left in place: `assign` makes it stale.
         """
+        if self.total == 0:
+            # Any first pick keeps the stretch within its bound (docs/flow.md): take
+            # the one the day owes most, so that shares hold over a day as well.
+            return self._first_pick(excluded)
         if not self.built:
-            if not self.counts and not self.removed and not self.order:
-                self.fast = self._first_pick(excluded)
-                return None if self.fast is None else self.fast.id
             self._build()
         version, counts, weight_of, scaled = self.version, self.counts, self.weight_of, self.scaled
         ahead = self.ahead
@@ -448,14 +500,20 @@ class _Fair:
             self.fast = None
             if a is None or a.id != aid:
                 raise RuntimeError("assign without a matching pick")
+            self.passes[aid] += 1.0 / self.weights[self.ids.index(aid)]
+            self.vtime += 1.0 / self.weight_total()
             if a.load + served >= a.capacity:
                 self.removed.append(aid)
                 self.left -= 1
+                del self.passes[aid]
+                self._weight_total = None
             else:
                 self.counts[aid] = 1
                 self.total = 1
             return
         version = self.version[aid] = self.version.get(aid, 0) + 1
+        self.passes[aid] += 1.0 / self.weight_of[aid]
+        self.vtime += 1.0 / self.weight_total()
         a = self.astrologer_of[aid]
         if a.load + served >= a.capacity:
             self._remove_and_reset(aid)
@@ -473,6 +531,8 @@ class _Fair:
         self.removed.append(gone)
         self.left -= 1
         self.weight_sum -= self.scaled[self.weight_of.pop(gone)]
+        del self.passes[gone]
+        self._weight_total = None
         touched = [aid for aid in self.counts if aid != gone]
         self.counts = {}
         self.total = 0
@@ -550,14 +610,19 @@ def decide(snapshot: FlowSnapshot) -> Decision:
     stretch = snapshot.stretch
     carried = members == stretch.members
     general = snapshot.general
+    vtime, known = stretch.vtime, stretch.passes
+    # A joiner starts at the virtual time.
+    passes = dict(zip(ids, map(known.get, ids, itertools.repeat(vtime))))
     if not members or not general:
-        if carried:
+        if carried and passes == known:
             return Decision(tuple(offers), stretch)
-        return Decision(tuple(offers), Stretch(members, {}, 0))
+        if carried:
+            return Decision(tuple(offers), Stretch(members, stretch.counts, stretch.total, vtime, passes))
+        return Decision(tuple(offers), Stretch(members, {}, 0, vtime, passes))
 
     # 3. The general line, oldest first, by WF2Q.
     counts, total = (stretch.counts, stretch.total) if carried else ({}, 0)
-    fair = _Fair(ids, weights, chosen, counts, total, served, order)
+    fair = _Fair(ids, weights, chosen, counts, total, served, order, passes, vtime)
     for waiting in general:
         if not fair:
             break
@@ -572,4 +637,4 @@ def decide(snapshot: FlowSnapshot) -> Decision:
 
     if fair.removed:
         members = _without(members, fair.removed)
-    return Decision(tuple(offers), Stretch(members, fair.counts, fair.total))
+    return Decision(tuple(offers), Stretch(members, fair.counts, fair.total, fair.vtime, fair.passes))

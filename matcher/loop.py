@@ -55,6 +55,8 @@ def _snapshot(data: dict[str, Any]) -> flow.FlowSnapshot:
             members=tuple((m[0], float(m[1])) for m in raw["members"]),
             counts=raw["counts"],
             total=raw["total"],
+            vtime=float(raw.get("vtime", 0.0)),
+            passes=raw.get("passes") or {},
         )
     # Only free astrologers: decide() never looks at one with no room (every path
     # checks load < capacity), and with thousands online building the busy ones
@@ -97,6 +99,8 @@ def _stretch_json(stretch: flow.Stretch) -> bytes:
             "members": [list(m) for m in stretch.members],
             "counts": dict(stretch.counts),
             "total": stretch.total,
+            "vtime": stretch.vtime,
+            "passes": dict(stretch.passes),
         }
     )
 

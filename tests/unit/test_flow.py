@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import ast
 import math
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.astparse import parse
 from matcher import flow
 from matcher.flow import (
     Astrologer,
@@ -60,7 +63,7 @@ def sequence(weights: dict[str, float], steps: int, **snapshot: object) -> list[
 
 
 def test_flow_imports_only_the_standard_library() -> None:
-    tree = ast.parse(FLOW_PY.read_text(encoding="utf-8"))
+    tree = parse(FLOW_PY.read_text(encoding="utf-8"), str(FLOW_PY))
     imported: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -295,7 +298,10 @@ def test_simpler_rules_break_the_within_one_bound(chooser) -> None:  # type: ign
 def test_stretch_carries_over_while_the_set_is_unchanged() -> None:
     astrologers = (ast_("a", 2.0, BIG), ast_("b", 1.0, BIG))
     first = decide(FlowSnapshot(astrologers, line("r1", "r2"), {}))
-    assert first.stretch == Stretch((("a", 2.0), ("b", 1.0)), {"a": 1, "b": 1}, 2)
+    # Virtual time moved 1/3 per assignment; each pass 1/w per assignment of its own.
+    assert first.stretch == Stretch(
+        (("a", 2.0), ("b", 1.0)), {"a": 1, "b": 1}, 2, 2 / 3, {"a": 0.5, "b": 1.0}
+    )
     second = decide(FlowSnapshot(astrologers, line("r3", start=3), {}, stretch=first.stretch))
     assert second.offers == (Offer("r3", "a", False),)
     assert second.stretch.total == 3
@@ -320,7 +326,7 @@ def test_stretch_resets_when_the_set_changes(change: str, snapshot_kw: dict[str,
 
 
 def test_the_same_set_keeps_the_stretch_even_with_nothing_to_offer() -> None:
-    before = Stretch((("a", 2.0), ("b", 1.0)), {"a": 6, "b": 3}, 9)
+    before = Stretch((("a", 2.0), ("b", 1.0)), {"a": 6, "b": 3}, 9, 3.0, {"a": 3.0, "b": 3.0})
     snapshot = FlowSnapshot((ast_("a", 2.0, BIG), ast_("b", 1.0, BIG)), (), {}, stretch=before)
     assert decide(snapshot).stretch == before
 
@@ -338,12 +344,37 @@ def test_joiner_starts_level_no_catch_up_burst() -> None:
     assert got == ["a", "b", "a", "b", "a", "b"]
 
 
+def test_shares_hold_over_a_day_of_one_offer_stretches() -> None:
+    """c is free every other decision, so every stretch is one offer long. The first
+    pick of each goes to the one the day owes most (its virtual finish), so over the
+    day each gets its weight's share of the offers made while it was free, not the
+    heaviest every time."""
+    a, b, c = ast_("a", 2.0, BIG), ast_("b", 1.0, BIG), ast_("c", 1.0, BIG)
+    stretch = Stretch()
+    got: Counter[str] = Counter()
+    target: Counter[str] = Counter()
+    for k in range(600):
+        free = (a, b, c) if k % 2 == 0 else (a, b)
+        d = decide(FlowSnapshot(free, line(f"r{k}", start=k), {}, stretch=stretch))
+        assert d.stretch.total == 1  # a fresh stretch every time
+        got[d.offers[0].astrologer_id] += 1
+        weight_sum = sum(x.weight for x in free)
+        for x in free:
+            target[x.id] += x.weight / weight_sum
+        stretch = d.stretch
+        for aid in "abc":
+            assert abs(got[aid] - target[aid]) < 2, (k, got, target)
+    assert got["a"] < 360  # the old rule, heaviest first, gave a all 600
+
+
 def test_filling_the_last_slot_starts_a_new_stretch_mid_decision() -> None:
     astrologers = (ast_("a", 1.0, capacity=1), ast_("b", 1.0, capacity=5), ast_("c", 1.0, capacity=5))
     d = decide(FlowSnapshot(astrologers, line("r1", "r2", "r3"), {}))
     assert [o.astrologer_id for o in d.offers] == ["a", "b", "c"]
     # a is full: b and c make the set, counted since a left.
-    assert d.stretch == Stretch((("b", 1.0), ("c", 1.0)), {"b": 1, "c": 1}, 2)
+    assert (d.stretch.members, d.stretch.counts, d.stretch.total) == ((("b", 1.0), ("c", 1.0)), {"b": 1, "c": 1}, 2)
+    assert d.stretch.passes == {"b": 1.0, "c": 1.0}  # a's pass left with a
+    assert d.stretch.vtime == 1 / 3 + 1 / 2 + 1 / 2
 
 
 def test_stretch_members_are_sorted_and_hold_effective_weights() -> None:

@@ -7,6 +7,8 @@ arithmetic, no heaps) must agree with `decide` on every generated snapshot.
 
 from __future__ import annotations
 
+import math
+
 import random
 from fractions import Fraction
 from typing import Mapping
@@ -208,6 +210,8 @@ def reference_decide(snapshot: FlowSnapshot) -> Decision:
 
     members = eligible()
     stretch = snapshot.stretch
+    vtime = stretch.vtime
+    passes = {a: stretch.passes.get(a, vtime) for a, _ in members}
     if members == stretch.members:
         counts = {a: c for a, c in stretch.counts.items() if c > 0 and a in dict(members)}
         total = stretch.total
@@ -220,23 +224,32 @@ def reference_decide(snapshot: FlowSnapshot) -> Decision:
         candidates = [(a, exact(w)) for a, w in members if a not in waiting.excluded]
         if not candidates:
             continue
-        not_ahead = [(a, w) for a, w in candidates if counts.get(a, 0) <= total * w / w_sum]
-        pool = not_ahead or candidates
-        aid = min(pool, key=lambda p: ((counts.get(p[0], 0) + 1) / p[1], idle_rank(p[0]), p[0]))[0]
+        if total == 0:
+            # A fresh stretch: the smallest virtual finish over the day (floats, as in flow.py).
+            weight = dict(members)
+            aid = min(candidates, key=lambda p: (passes[p[0]] + 1.0 / weight[p[0]], idle_rank(p[0]), p[0]))[0]
+        else:
+            not_ahead = [(a, w) for a, w in candidates if counts.get(a, 0) <= total * w / w_sum]
+            pool = not_ahead or candidates
+            aid = min(pool, key=lambda p: ((counts.get(p[0], 0) + 1) / p[1], idle_rank(p[0]), p[0]))[0]
         offers.append(Offer(waiting.request_id, aid, False))
+        passes[aid] += 1.0 / dict(members)[aid]
+        vtime += 1.0 / math.fsum(w for _, w in members)
         room[aid] -= 1
         served_at[aid] = len(offers)
         counts[aid] = counts.get(aid, 0) + 1
         total += 1
         now = eligible()
         if now != members:
+            for gone in set(dict(members)) - set(dict(now)):
+                del passes[gone]
             members, counts, total = now, {}, 0
-    return Decision(tuple(offers), Stretch(members, counts, total))
+    return Decision(tuple(offers), Stretch(members, counts, total, vtime, passes))
 
 
-def normalised(d: Decision) -> tuple[tuple[Offer, ...], tuple, dict[str, int], int]:
+def normalised(d: Decision) -> tuple[tuple[Offer, ...], tuple, dict[str, int], int, float, dict[str, float]]:
     s = d.stretch
-    return d.offers, s.members, {a: c for a, c in s.counts.items() if c}, s.total
+    return d.offers, s.members, {a: c for a, c in s.counts.items() if c}, s.total, s.vtime, dict(s.passes)
 
 
 @st.composite
@@ -273,10 +286,15 @@ def snapshots(draw: st.DrawFn) -> tuple[FlowSnapshot, FlowSnapshot]:
         )
     top_flow = draw(st.sampled_from(list(TopFlow)))
     boost = draw(st.sampled_from([2.0, 1.5, 3.0]))
-    first = FlowSnapshot(tuple(astrologers), general, direct, top_flow, boost)
+    # What the day has given so far: some astrologers owed (a pass behind the
+    # virtual time), some ahead, the rest joining now.
+    vtime = draw(st.sampled_from([0.0, 1.0, 2.5]))
+    offsets = st.sampled_from([-1.0, -0.5, 0.0, 0.25, 1.0])
+    history = Stretch(vtime=vtime, passes={aid: vtime + draw(offsets) for aid in ids if draw(st.booleans())})
+    first = FlowSnapshot(tuple(astrologers), general, direct, top_flow, boost, history)
     # The same astrologers a moment later, with the load back where it was: the
     # stretch from the first decision carries over when the set is unchanged.
-    prior = decide(FlowSnapshot(tuple(astrologers), general, {}, top_flow, boost)).stretch
+    prior = decide(FlowSnapshot(tuple(astrologers), general, {}, top_flow, boost, history)).stretch
     second = FlowSnapshot(tuple(astrologers), general, direct, top_flow, boost, prior)
     return first, second
 
