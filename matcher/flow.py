@@ -299,6 +299,9 @@ class _Fair:
         self.ids, self.weights, self.chosen = ids, weights, chosen
         self.passes, self.vtime = passes, vtime
         self._weight_total: float | None = None  # of the members still in; None: not summed yet
+        # Virtual finishes for first picks after a reset, built on first need.
+        self.fresh: list[tuple[float, int, str, int]] | None = None
+        self.fresh_version: dict[str, int] = {}
         self.served = served  # offers made in this decision, per astrologer
         # When each was last served in this decision: in idle ties it then ranks
         # after everyone not served, in that order (see idle_of).
@@ -357,15 +360,10 @@ class _Fair:
         return self.left > 0
 
     def weight_total(self) -> float:
-        """The members' effective weight, summed exactly rounded (order does not matter)."""
+        """The members' effective weight: summed exactly rounded at the start (so the
+        order of the members does not matter), less each member that leaves."""
         if self._weight_total is None:
-            if self.built:
-                self._weight_total = math.fsum(self.weight_of.values())
-            elif self.removed:
-                gone = set(self.removed)
-                self._weight_total = math.fsum(w for m, w in zip(self.ids, self.weights) if m not in gone)
-            else:
-                self._weight_total = math.fsum(self.weights)
+            self._weight_total = math.fsum(self.weights)
         return self._weight_total
 
     def idle_of(self, aid: str) -> int:
@@ -400,13 +398,8 @@ class _Fair:
         """Fresh stretch (every count zero): the smallest virtual finish ``pass + 1 / w``
         over the day, then the longest idle, then the smallest id."""
         if self.built or self.order or self.removed:
-            if not self.built:
-                self._build()
-            ids = list(self.weight_of)
-            weights = list(self.weight_of.values())
-            idles = [self.idle_of(aid) for aid in ids]
-        else:
-            ids, weights, idles = self.ids, self.weights, list(map(_IDLE, self.chosen))
+            return self._first_pick_by_heap(excluded)
+        ids, weights, idles = self.ids, self.weights, list(map(_IDLE, self.chosen))
         # Scans in C: the virtual finishes, then rank only the ones tied with the best.
         finishes = list(map(operator.add, map(self.passes.__getitem__, ids), map(_INVERSE, weights)))
         if excluded:
@@ -427,6 +420,31 @@ class _Fair:
         if not self.built:
             self.fast = self.chosen[at]
         return ids[at]
+
+    def _first_pick_by_heap(self, excluded: frozenset[str]) -> str | None:
+        """The same choice once offers have been made in this decision: from a heap of
+        virtual finishes, so that each reset (a filled slot) costs O(log n), not O(n)."""
+        if self.fresh is None:
+            if not self.built:
+                self._build()
+            passes, idle_of = self.passes, self.idle_of
+            self.fresh = [(passes[aid] + 1.0 / w, idle_of(aid), aid, 0) for aid, w in self.weight_of.items()]
+            heapq.heapify(self.fresh)
+        heap, weight_of, version = self.fresh, self.weight_of, self.fresh_version
+        stash: list[tuple[float, int, str, int]] = []
+        picked = None
+        while heap:
+            _, _, aid, ver = heap[0]
+            if aid not in weight_of or version.get(aid, 0) != ver:
+                heapq.heappop(heap)
+            elif aid in excluded:
+                stash.append(heapq.heappop(heap))
+            else:
+                picked = aid
+                break
+        for entry in stash:
+            heapq.heappush(heap, entry)
+        return picked
 
     def pick(self, excluded: frozenset[str]) -> str | None:
         """Choose the member for one general request, or None when all are excluded.
@@ -506,16 +524,22 @@ class _Fair:
                 self.removed.append(aid)
                 self.left -= 1
                 del self.passes[aid]
-                self._weight_total = None
+                self._weight_total = self.weight_total() - self.weights[self.ids.index(aid)]
             else:
                 self.counts[aid] = 1
                 self.total = 1
             return
         version = self.version[aid] = self.version.get(aid, 0) + 1
-        self.passes[aid] += 1.0 / self.weight_of[aid]
+        weight = self.weight_of[aid]
+        self.passes[aid] += 1.0 / weight
         self.vtime += 1.0 / self.weight_total()
         a = self.astrologer_of[aid]
-        if a.load + served >= a.capacity:
+        full = a.load + served >= a.capacity
+        if self.fresh is not None:
+            fresh_version = self.fresh_version[aid] = self.fresh_version.get(aid, 0) + 1
+            if not full:
+                heapq.heappush(self.fresh, (self.passes[aid] + 1.0 / weight, idle, aid, fresh_version))
+        if full:
             self._remove_and_reset(aid)
             return
         c = self.counts[aid] = self.counts.get(aid, 0) + 1
@@ -530,9 +554,9 @@ class _Fair:
         # The eligible set changed: a new stretch starts with every count at zero.
         self.removed.append(gone)
         self.left -= 1
+        self._weight_total = self.weight_total() - self.weight_of[gone]
         self.weight_sum -= self.scaled[self.weight_of.pop(gone)]
         del self.passes[gone]
-        self._weight_total = None
         touched = [aid for aid in self.counts if aid != gone]
         self.counts = {}
         self.total = 0

@@ -217,6 +217,7 @@ def reference_decide(snapshot: FlowSnapshot) -> Decision:
         total = stretch.total
     else:
         counts, total = {}, 0
+    weight_total = math.fsum(w for _, w in members)  # as flow.py: less each member that leaves
     for waiting in snapshot.general:
         if not members:
             break
@@ -234,7 +235,7 @@ def reference_decide(snapshot: FlowSnapshot) -> Decision:
             aid = min(pool, key=lambda p: ((counts.get(p[0], 0) + 1) / p[1], idle_rank(p[0]), p[0]))[0]
         offers.append(Offer(waiting.request_id, aid, False))
         passes[aid] += 1.0 / dict(members)[aid]
-        vtime += 1.0 / math.fsum(w for _, w in members)
+        vtime += 1.0 / weight_total
         room[aid] -= 1
         served_at[aid] = len(offers)
         counts[aid] = counts.get(aid, 0) + 1
@@ -243,6 +244,7 @@ def reference_decide(snapshot: FlowSnapshot) -> Decision:
         if now != members:
             for gone in set(dict(members)) - set(dict(now)):
                 del passes[gone]
+                weight_total -= dict(members)[gone]
             members, counts, total = now, {}, 0
     return Decision(tuple(offers), Stretch(members, counts, total, vtime, passes))
 
