@@ -675,6 +675,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, exit_on_sigterm)
+    # A shell starts a background job with SIGINT ignored, and Python then leaves it
+    # so: this command stops on Ctrl-C (SIGINT) however it was started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     servers = EmbeddedServers(args.data_dir)
     try:
         with servers:
