@@ -34,7 +34,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMes
 
 from bench.limits import cpu_seconds, raise_nofile, rss_kib
 from server.auth import Tokens, TokenType
-from server.gc_pauses import keep_gc_pauses_short
+from server.gc_pauses import short_gc_pauses
 
 CYCLE_TIMEOUT_S = 15.0
 CONNECT_CONCURRENCY = 200
@@ -691,11 +691,8 @@ JOBS = {"echo": run_echo, "match": run_match, "sockets": run_sockets}
 async def run_job(job: dict[str, Any]) -> dict[str, Any]:
     # The load generator holds as many sockets as the gateway: without this its
     # own collector pauses (seconds, at 30,000 sockets) would be measured as astroq's.
-    collector = asyncio.create_task(keep_gc_pauses_short())
-    try:
+    async with short_gc_pauses():
         return await JOBS[job["kind"]](job)
-    finally:
-        collector.cancel()
 
 
 def main() -> int:

@@ -109,9 +109,10 @@ never decides a pick.
 Cost
 ----
 One pass over the astrologers (build the eligible set, compare with `members`),
-then heaps: O(n + k log n) for k offers among n free astrologers, plus O(n) for the
-first pick after each reset caused by a filled slot. The first pick of a fresh
-stretch, the common case, needs no heap: a few scans in C over the passes.
+then heaps: O(n + k log n) for k offers among n free astrologers, including the
+resets caused by filled slots (the first pick after one comes from a heap of
+virtual finishes). The first pick of a decision, the common case, needs no heap: a
+few scans in C over the passes.
 """
 
 from __future__ import annotations
@@ -267,7 +268,7 @@ class _Fair:
 
     The first pick of a fresh stretch (every count zero, also after a reset) is the
     smallest virtual finish over the day, then the longest idle, then the smallest
-    id: a scan, no heaps. Picks within a stretch use three heaps, in which each
+    id: a scan when it is the decision's first, else the ``fresh`` heap. Picks within a stretch use three heaps, in which each
     member sits in exactly one; an entry whose version is not the member's current
     one is stale:
 
@@ -298,7 +299,9 @@ class _Fair:
     ) -> None:
         self.ids, self.weights, self.chosen = ids, weights, chosen
         self.passes, self.vtime = passes, vtime
-        self._weight_total: float | None = None  # of the members still in; None: not summed yet
+        # Of the members still in: summed exactly rounded (so member order does not
+        # matter), then less each member that leaves.
+        self.weight_total = math.fsum(weights)
         # Virtual finishes for first picks after a reset, built on first need.
         self.fresh: list[tuple[float, int, str, int]] | None = None
         self.fresh_version: dict[str, int] = {}
@@ -313,6 +316,7 @@ class _Fair:
         self.left = len(ids)  # members still in the stretch
         self.built = False
         self.fast: Astrologer | None = None  # the first pick's astrologer, before any heap
+        self.fast_weight = 0.0  # and its effective weight
         if self.counts:
             self._build()
 
@@ -358,13 +362,6 @@ class _Fair:
 
     def __bool__(self) -> bool:
         return self.left > 0
-
-    def weight_total(self) -> float:
-        """The members' effective weight: summed exactly rounded at the start (so the
-        order of the members does not matter), less each member that leaves."""
-        if self._weight_total is None:
-            self._weight_total = math.fsum(self.weights)
-        return self._weight_total
 
     def idle_of(self, aid: str) -> int:
         """Idle rank: smaller is idle longer; served in this decision ranks last."""
@@ -417,8 +414,7 @@ class _Fair:
                 for _ in range(ties - 1):
                     tied.append(finishes.index(least, tied[-1] + 1))
                 at = min(tied, key=lambda k: (idles[k], ids[k]))
-        if not self.built:
-            self.fast = self.chosen[at]
+        self.fast, self.fast_weight = self.chosen[at], weights[at]
         return ids[at]
 
     def _first_pick_by_heap(self, excluded: frozenset[str]) -> str | None:
@@ -514,25 +510,20 @@ class _Fair:
         served = self.served[aid] = self.served.get(aid, 0) + 1
         if not self.built:
             # The first pick of a fresh stretch: bookkeeping only, heaps come later.
-            a = self.fast
+            a, weight = self.fast, self.fast_weight
             self.fast = None
             if a is None or a.id != aid:
                 raise RuntimeError("assign without a matching pick")
-            self.passes[aid] += 1.0 / self.weights[self.ids.index(aid)]
-            self.vtime += 1.0 / self.weight_total()
+            self._charge(aid, weight)
             if a.load + served >= a.capacity:
-                self.removed.append(aid)
-                self.left -= 1
-                del self.passes[aid]
-                self._weight_total = self.weight_total() - self.weights[self.ids.index(aid)]
+                self._leave(aid, weight)
             else:
                 self.counts[aid] = 1
                 self.total = 1
             return
         version = self.version[aid] = self.version.get(aid, 0) + 1
         weight = self.weight_of[aid]
-        self.passes[aid] += 1.0 / weight
-        self.vtime += 1.0 / self.weight_total()
+        self._charge(aid, weight)
         a = self.astrologer_of[aid]
         full = a.load + served >= a.capacity
         if self.fresh is not None:
@@ -550,13 +541,24 @@ class _Fair:
         else:
             heapq.heappush(self.ahead, ((c << self.shift) // n, aid, version))
 
+    def _charge(self, aid: str, weight: float) -> None:
+        """The day's account of one general assignment: the member's pass moves on by
+        1 / w, the virtual time by 1 / W."""
+        self.passes[aid] += 1.0 / weight
+        self.vtime += 1.0 / self.weight_total
+
+    def _leave(self, aid: str, weight: float) -> None:
+        """`aid` filled its last slot and leaves the set; its pass goes with it."""
+        self.removed.append(aid)
+        self.left -= 1
+        del self.passes[aid]
+        self.weight_total -= weight
+
     def _remove_and_reset(self, gone: str) -> None:
         # The eligible set changed: a new stretch starts with every count at zero.
-        self.removed.append(gone)
-        self.left -= 1
-        self._weight_total = self.weight_total() - self.weight_of[gone]
-        self.weight_sum -= self.scaled[self.weight_of.pop(gone)]
-        del self.passes[gone]
+        weight = self.weight_of.pop(gone)
+        self._leave(gone, weight)
+        self.weight_sum -= self.scaled[weight]
         touched = [aid for aid in self.counts if aid != gone]
         self.counts = {}
         self.total = 0
@@ -637,15 +639,11 @@ def decide(snapshot: FlowSnapshot) -> Decision:
     vtime, known = stretch.vtime, stretch.passes
     # A joiner starts at the virtual time.
     passes = dict(zip(ids, map(known.get, ids, itertools.repeat(vtime))))
+    counts, total = (stretch.counts, stretch.total) if carried else ({}, 0)
     if not members or not general:
-        if carried and passes == known:
-            return Decision(tuple(offers), stretch)
-        if carried:
-            return Decision(tuple(offers), Stretch(members, stretch.counts, stretch.total, vtime, passes))
-        return Decision(tuple(offers), Stretch(members, {}, 0, vtime, passes))
+        return Decision(tuple(offers), Stretch(members, counts, total, vtime, passes))
 
     # 3. The general line, oldest first, by WF2Q.
-    counts, total = (stretch.counts, stretch.total) if carried else ({}, 0)
     fair = _Fair(ids, weights, chosen, counts, total, served, order, passes, vtime)
     for waiting in general:
         if not fair:

@@ -311,11 +311,12 @@ class Matcher:
         data = await self.store.snapshot(self.token, GENERAL_LOOKAHEAD)
         decision = flow.decide(_snapshot(data))
         made = 0
-        if decision.offers or data["stretch"] != _stretch_json(decision.stretch).decode():
+        stretch = _stretch_json(decision.stretch)
+        if decision.offers or data["stretch"] != stretch.decode():
             made = await self.store.commit(
                 self.token,
                 int(self.settings.offer_timeout_s * 1000),
-                _stretch_json(decision.stretch),
+                stretch,
                 [
                     (str(uuid.uuid4()), o.request_id, o.astrologer_id, o.direct)
                     for o in decision.offers

@@ -57,17 +57,14 @@ def serve_until_signal(server: uvicorn.Server, sock: socket.socket) -> None:
     """Runs uvicorn until SIGINT or SIGTERM, then shuts down cleanly (no traceback, exit 0)."""
     import uvloop
 
-    from server.gc_pauses import keep_gc_pauses_short
+    from server.gc_pauses import short_gc_pauses
 
     async def go() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
-        collector = asyncio.create_task(keep_gc_pauses_short(), name="gc-pauses")
-        try:
+        async with short_gc_pauses():
             await server.serve(sockets=[sock])
-        finally:
-            collector.cancel()
 
     uvloop.run(go())
     if not server.started:

@@ -23,8 +23,10 @@ second in a gateway holding 20,000 sockets it took a third of the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import sys
+from typing import AsyncIterator
 
 FREEZE_EVERY_S = 1.0
 REVIEW_GROWTH = 1.5
@@ -43,3 +45,13 @@ async def keep_gc_pauses_short() -> None:
         gc.freeze()
         if review:
             reviewed_blocks = sys.getallocatedblocks()
+
+
+@contextlib.asynccontextmanager
+async def short_gc_pauses() -> AsyncIterator[None]:
+    """Keeps collector pauses short for as long as the block runs."""
+    task = asyncio.create_task(keep_gc_pauses_short(), name="gc-pauses")
+    try:
+        yield
+    finally:
+        task.cancel()
