@@ -8,8 +8,12 @@ load, so it stopped for 0.7-1.5 s every few seconds: every frame to every socket
 late by as much.
 
 Here the survivors are moved out of the collector's sight (gc.freeze) every
-few seconds, after a collection of what is young, so a full collection walks
-only what was allocated since. Frozen objects are still freed by reference
+second, after a collection of the two young generations, so a full collection
+walks only what was allocated since. The freeze follows a young collection,
+not a full one: a full collection of a second's survivors (a pass of the
+fan-out leaves ~100,000) took 8% of a gateway writing 15,000 frames a second,
+and 15% of the load generator reading them; cycles among those survivors are
+left to the review below. Frozen objects are still freed by reference
 counting; only cycles among them are not, so when the heap has grown by half
 since the frozen objects were last reviewed, they are thawed and collected
 once: a long pause only as often as the heap grows by half, like an array
@@ -41,7 +45,9 @@ async def keep_gc_pauses_short() -> None:
         review = sys.getallocatedblocks() > reviewed_blocks * REVIEW_GROWTH
         if review:
             gc.unfreeze()
-        gc.collect()
+            gc.collect()
+        else:
+            gc.collect(1)
         gc.freeze()
         if review:
             reviewed_blocks = sys.getallocatedblocks()

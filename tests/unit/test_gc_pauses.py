@@ -26,8 +26,10 @@ async def main():
     frozen = gc.get_freeze_count()
     assert frozen >= 2000, frozen                       # the survivors left the collector's sight
     young = cycle()
+    dropped = weakref.ref(cycle())                       # a young cycle, garbage at once
     await asyncio.sleep(0.2)
     assert gc.get_freeze_count() > frozen               # and so do later ones, a pass later
+    assert dropped() is None, "a young cycle was frozen instead of collected"
 
     probe = weakref.ref(kept[0])
     kept.clear()                                         # 2,000 frozen objects in cycles: garbage
