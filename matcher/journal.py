@@ -2,7 +2,8 @@
 
 Every Lua script that changes live state appends one entry to the outbox
 stream in the same atomic step. The active matcher reads the stream in order,
-writes a batch of entries to PostgreSQL in one transaction, and only then
+writes a batch of entries to PostgreSQL in one statement, so one transaction
+and one round trip (server/migrations/002_journal.sql), and only then
 publishes their frames (acks included). So a client never sees a change that
 PostgreSQL does not hold, and a Redis that loses its data can be rebuilt from
 PostgreSQL without contradicting anything a client was told.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 import asyncpg
@@ -31,39 +31,9 @@ from server.errors import AstroqError
 
 log = logging.getLogger("astroq.journal")
 
-# Inserts first, then updates: inside one batch a row is always created before
-# it is ended, whatever order the entries were grouped in.
-_SQL: dict[str, str] = {
-    "req": "INSERT INTO requests (id, user_id, kind, astrologer_id, seq, created_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-    "offer": "INSERT INTO offers (id, request_id, astrologer_id, direct, created_at, expires_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-    "sess": "INSERT INTO sessions (id, request_id, user_id, astrologer_id, kind, started_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-    "offer_end": "UPDATE offers SET outcome = $2, answered_at = $3"
-    " WHERE id = $1 AND outcome IS NULL",
-    "req_end": "UPDATE requests SET state = $2, reason = $3, ended_at = $4"
-    " WHERE id = $1 AND state = 'open'",
-    "sess_end": "UPDATE sessions SET ended_at = $2, ended_by = $3"
-    " WHERE id = $1 AND ended_at IS NULL",
-    "status": "WITH s AS (UPDATE astrologers SET status = $2, updated_at = $4 WHERE id = $1)"
-    " INSERT INTO status_changes (astrologer_id, status, reason, at) VALUES ($1, $2, $3, $4)",
-}
-
-
-def at(ms: Any) -> datetime:
-    return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
-
-
-_ROW: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {
-    "req": lambda r: (r["id"], r["user"], r["kind"], r["aid"] or None, int(r["seq"]), at(r["at"])),
-    "offer": lambda r: (r["id"], r["rid"], r["aid"], bool(r["direct"]), at(r["at"]), at(r["exp"])),
-    "sess": lambda r: (r["id"], r["rid"], r["user"], r["aid"], r["kind"], at(r["at"])),
-    "offer_end": lambda r: (r["id"], r["outcome"], at(r["at"])),
-    "req_end": lambda r: (r["id"], r["state"], r["reason"] or None, at(r["at"])),
-    "sess_end": lambda r: (r["id"], at(r["at"]), r["by"]),
-    "status": lambda r: (r["aid"], r["status"], r["reason"], at(r["at"])),
-}
+# One statement per batch (server/migrations/002_journal.sql): the rows go as one
+# JSON document, as text, so no client-side JSON codec touches them.
+APPLY_SQL = "SELECT astroq_apply_journal($1::text::jsonb)"
 
 
 def _list(value: Any) -> list[Any]:
@@ -74,7 +44,7 @@ def _list(value: Any) -> list[Any]:
 @dataclass
 class Batch:
     ids: list[str] = field(default_factory=list)
-    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: defaultdict(list))
+    rows: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
     messages: list[tuple[str, bytes]] = field(default_factory=list)
     hints: list[list[Any]] = field(default_factory=list)
 
@@ -90,18 +60,16 @@ def parse_entries(entries: Iterable[tuple[Any, dict[Any, Any]]], keys: Keys) -> 
         batch.ids.append(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
         data = orjson.loads(fields[b"d"] if b"d" in fields else fields["d"])
         for op, row in _list(data.get("pg")):
-            batch.rows[op].append(_ROW[op](row))
+            batch.rows[op].append(row)
         for uid, frame, socket_id, frame_op in _list(data.get("ev")):
             batch.messages.append((keys.events(uid), frame_message(socket_id, frame_op, frame)))
         batch.hints.extend(_list(data.get("m")))
     return batch
 
 
-async def write_rows(conn: asyncpg.Connection, rows: dict[str, list[tuple[Any, ...]]]) -> None:
-    async with conn.transaction():
-        for op, sql in _SQL.items():
-            if rows.get(op):
-                await conn.executemany(sql, rows[op])
+async def write_rows(conn: asyncpg.Connection, rows: dict[str, list[Any]]) -> None:
+    if rows:
+        await conn.execute(APPLY_SQL, orjson.dumps(rows).decode())
 
 
 class Journal:

@@ -23,6 +23,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Given to the pool, this replaces asyncpg's reset query (RESET ALL, UNLISTEN,
+    CLOSE ALL, advisory unlocks): a round trip on every release, and astroq leaves
+    none of that behind (its only lock is transaction-scoped). An open transaction
+    is still rolled back by the pool."""
+
+
 async def create_pool(
     dsn: str, schema: str | None = None, min_size: int = 2, max_size: int = 20
 ) -> asyncpg.Pool:
@@ -37,6 +44,7 @@ async def create_pool(
         max_size=max_size,
         server_settings=settings,
         init=_init_connection,
+        reset=_keep_session,
         command_timeout=30,
     )
     assert pool is not None
@@ -55,29 +63,25 @@ def _migrations() -> list[tuple[int, str]]:
 async def migrate(pool: asyncpg.Pool, schema: str | None = None) -> list[int]:
     """Applies the migrations not yet applied; safe when several processes start at once."""
     applied: list[int] = []
-    async with pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
-        try:
-            if schema:
-                if not _SCHEMA_NAME.match(schema):
-                    raise ValueError(f"bad schema name {schema!r}")
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-            for version, sql in _migrations():
-                if version in done:
-                    continue
-                async with conn.transaction():
-                    await conn.execute(sql)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version) VALUES ($1)", version
-                    )
-                applied.append(version)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    # One transaction under a transaction-scoped lock: the lock cannot outlive it,
+    # whatever interrupts the migration, and a failed migration leaves nothing.
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        if schema:
+            if not _SCHEMA_NAME.match(schema):
+                raise ValueError(f"bad schema name {schema!r}")
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, sql in _migrations():
+            if version in done:
+                continue
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            applied.append(version)
     return applied
 
 
