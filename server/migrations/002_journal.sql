@@ -7,8 +7,7 @@
 -- Inserts first, then updates: inside a batch a row is always created before it
 -- is ended. Each statement sees the ones before it (a request made and cancelled
 -- in the same batch). Every write is idempotent and only moves a row forward, so
--- a batch replayed after a crash changes nothing; where one batch ends the same
--- row twice, the first end wins, as it did when the rows were applied one by one.
+-- a batch replayed after a crash changes nothing.
 
 CREATE FUNCTION astroq_ms(ms numeric) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -16,6 +15,8 @@ AS $$ SELECT timestamptz 'epoch' + floor(ms) * interval '1 millisecond' $$;
 
 CREATE FUNCTION astroq_apply_journal(batch jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+  e record;
 BEGIN
   -- Only the kinds of row present are touched: most batches hold one or two.
   IF batch ? 'req' THEN
@@ -42,46 +43,43 @@ BEGIN
     ON CONFLICT DO NOTHING;
   END IF;
 
+  -- Ends row by row, in the order they happened: each is one index lookup (a
+  -- join against the batch would be planned for a hundred rows and scan the
+  -- table), and where a batch ends a row twice the first end wins, as it did.
   IF batch ? 'offer_end' THEN
-    UPDATE offers SET outcome = e.outcome, answered_at = astroq_ms(e.at)
-    FROM (SELECT DISTINCT ON (x.id) x.id, x.outcome, x.at
-          FROM ROWS FROM (jsonb_to_recordset(batch->'offer_end')
-                 AS (id uuid, outcome text, at numeric)) WITH ORDINALITY AS x
-          ORDER BY x.id, x.ordinality) AS e
-    WHERE offers.id = e.id AND offers.outcome IS NULL;
+    FOR e IN SELECT * FROM jsonb_to_recordset(batch->'offer_end') AS (id uuid, outcome text, at numeric)
+    LOOP
+      UPDATE offers SET outcome = e.outcome, answered_at = astroq_ms(e.at)
+      WHERE id = e.id AND outcome IS NULL;
+    END LOOP;
   END IF;
 
   IF batch ? 'req_end' THEN
-    UPDATE requests SET state = e.state, reason = NULLIF(e.reason, ''), ended_at = astroq_ms(e.at)
-    FROM (SELECT DISTINCT ON (x.id) x.id, x.state, x.reason, x.at
-          FROM ROWS FROM (jsonb_to_recordset(batch->'req_end')
-                 AS (id uuid, state text, reason text, at numeric)) WITH ORDINALITY AS x
-          ORDER BY x.id, x.ordinality) AS e
-    WHERE requests.id = e.id AND requests.state = 'open';
+    FOR e IN SELECT * FROM jsonb_to_recordset(batch->'req_end')
+             AS (id uuid, state text, reason text, at numeric)
+    LOOP
+      UPDATE requests SET state = e.state, reason = NULLIF(e.reason, ''), ended_at = astroq_ms(e.at)
+      WHERE id = e.id AND state = 'open';
+    END LOOP;
   END IF;
 
   IF batch ? 'sess_end' THEN
-    UPDATE sessions SET ended_at = astroq_ms(e.at), ended_by = e."by"
-    FROM (SELECT DISTINCT ON (x.id) x.id, x.at, x."by"
-          FROM ROWS FROM (jsonb_to_recordset(batch->'sess_end')
-                 AS (id uuid, at numeric, "by" text)) WITH ORDINALITY AS x
-          ORDER BY x.id, x.ordinality) AS e
-    WHERE sessions.id = e.id AND sessions.ended_at IS NULL;
+    FOR e IN SELECT * FROM jsonb_to_recordset(batch->'sess_end') AS (id uuid, at numeric, "by" text)
+    LOOP
+      UPDATE sessions SET ended_at = astroq_ms(e.at), ended_by = e."by"
+      WHERE id = e.id AND ended_at IS NULL;
+    END LOOP;
   END IF;
 
   -- Every status change is recorded, in order; the astrologer keeps the last.
   IF batch ? 'status' THEN
-    INSERT INTO status_changes (astrologer_id, status, reason, at)
-    SELECT c.aid, c.status, c.reason, astroq_ms(c.at)
-    FROM ROWS FROM (jsonb_to_recordset(batch->'status')
-           AS (aid uuid, status text, reason text, at numeric)) WITH ORDINALITY AS c
-    ORDER BY c.ordinality;
-    UPDATE astrologers SET status = c.status, updated_at = astroq_ms(c.at)
-    FROM (SELECT DISTINCT ON (x.aid) x.aid, x.status, x.at
-          FROM ROWS FROM (jsonb_to_recordset(batch->'status')
-                 AS (aid uuid, status text, at numeric)) WITH ORDINALITY AS x
-          ORDER BY x.aid, x.ordinality DESC) AS c
-    WHERE astrologers.id = c.aid;
+    FOR e IN SELECT * FROM jsonb_to_recordset(batch->'status')
+             AS (aid uuid, status text, reason text, at numeric)
+    LOOP
+      UPDATE astrologers SET status = e.status, updated_at = astroq_ms(e.at) WHERE id = e.aid;
+      INSERT INTO status_changes (astrologer_id, status, reason, at)
+      VALUES (e.aid, e.status, e.reason, astroq_ms(e.at));
+    END LOOP;
   END IF;
 END;
 $$;
