@@ -2,10 +2,12 @@
 
 The active matcher's loop is thin and event-driven: it blocks on the outbox
 stream (every state change appends to it) or until the next deadline, then
-1. persists what was committed and publishes its frames (journal.py),
-2. ends what is due (offers, graces, max waits: timers.lua),
-3. asks the pure flow algorithm for a decision on a fresh snapshot and commits
-   it atomically (snapshot.lua, flow.decide, commit.lua),
+1. ends what is due (offers, graces, max waits: timers.lua) and takes a fresh
+   snapshot (snapshot.lua), on one round trip,
+2. asks the pure flow algorithm for a decision and commits it atomically
+   (flow.decide, commit.lua), reading the outbox past it on the same round trip,
+3. persists what was committed, the decision with the changes it answered, and
+   only then publishes their frames (journal.py),
 4. sends changed positions and counts (positions.py), and stats to admins.
 Every matcher script checks the fencing token, so a matcher that lost its lease
 (paused, partitioned) can no longer write.
@@ -208,10 +210,6 @@ class Matcher:
         backoff_s = 0.05
         while True:
             try:
-                if not await self.store.is_alive():
-                    await self._rebuild()
-                    last_id = "0-0"
-                    positions_dirty = stats_dirty = must_decide = True
                 clock = time.monotonic()
                 block_s = MAX_BLOCK_S
                 if next_due_ms:
@@ -222,18 +220,25 @@ class Matcher:
                     block_s = min(block_s, max(0.0, stats_due - clock))
                 if must_decide:
                     block_s = 0.0
-                reply: Any = await self.redis.xread(
-                    {self.keys.outbox: last_id}, count=1000, block=max(1, int(block_s * 1000))
+                alive, entries = await self.store.alive_and_outbox(
+                    last_id, max(1, int(block_s * 1000))
                 )
-                changed, must_decide = must_decide, False
-                entries: list[Any] = reply[0][1] if reply else []  # [[stream, [(id, fields), ...]]]
-                if entries:
-                    changed = True
-                # A change may have brought a deadline (a grace, an offer): look again.
-                if changed or now_ms() >= next_due_ms:
-                    due_in_ms, more = await self.store.timers(
-                        self.token, self.settings.max_missed, 500
+                if not alive:
+                    await self._rebuild()
+                    last_id = "0-0"
+                    positions_dirty = stats_dirty = must_decide = True
+                    continue
+                changed, must_decide = must_decide or bool(entries), False
+                timers_due = changed or now_ms() >= next_due_ms
+                if changed:
+                    # A change may have brought a deadline (a grace, an offer): the
+                    # timers run before every decision, on the same round trip.
+                    (due_in_ms, more), data = await self.store.timers_and_snapshot(
+                        self.token, self.settings.max_missed, 500, GENERAL_LOOKAHEAD
                     )
+                elif timers_due:
+                    due_in_ms, more = await self.store.timers(self.token, self.settings.max_missed, 500)
+                if timers_due:
                     # Redis' clock sets the deadlines; only the distance is used here,
                     # so a skewed local clock cannot make timers fire early or late.
                     if more:
@@ -242,17 +247,14 @@ class Matcher:
                         due_in_ms = int(MAX_BLOCK_S * 1000)
                     next_due_ms = now_ms() + due_in_ms
                 if changed:
-                    await self.decide()
-                    positions_dirty = stats_dirty = True
                     # What the timers and the decision just committed joins this batch:
                     # one PostgreSQL commit carries a request and the offer it got, so
                     # the offer does not wait for a second fsync. Frames still go out
                     # only after that commit, in outbox order.
-                    committed: Any = await self.redis.xread(
-                        {self.keys.outbox: entries[-1][0] if entries else last_id}, count=1000
-                    )
+                    _, committed = await self._decide(data, entries[-1][0] if entries else last_id)
+                    positions_dirty = stats_dirty = True
                     if committed:
-                        entries += committed[0][1]
+                        entries += committed
                         # Read past the decision, so the next read will not show
                         # these: among them may be a gateway's change that came
                         # after the snapshot (an astrologer online, a cancel), and
@@ -308,22 +310,34 @@ class Matcher:
     async def decide(self) -> int:
         """One decision: snapshot, the pure algorithm, an atomic commit. Returns offers made."""
         started = time.perf_counter()
-        data = await self.store.snapshot(self.token, GENERAL_LOOKAHEAD)
-        decision = flow.decide(_snapshot(data))
-        made = 0
-        stretch = _stretch_json(decision.stretch)
-        if decision.offers or data["stretch"] != stretch.decode():
-            made = await self.store.commit(
-                self.token,
-                int(self.settings.offer_timeout_s * 1000),
-                stretch,
-                [
-                    (str(uuid.uuid4()), o.request_id, o.astrologer_id, o.direct)
-                    for o in decision.offers
-                ],
-            )
+        made, _ = await self._decide(await self.store.snapshot(self.token, GENERAL_LOOKAHEAD), None)
         metrics.DECISION_TIME.observe(time.perf_counter() - started)
         return made
+
+    async def _decide(self, data: dict[str, Any], read_after: str | None) -> tuple[int, list[Any]]:
+        """The decision on a snapshot, committed; with read_after, also the outbox
+        entries after it (the commit's among them) on the commit's round trip."""
+        started = time.perf_counter()
+        decision = flow.decide(_snapshot(data))
+        stretch = _stretch_json(decision.stretch)
+        offers = [
+            (str(uuid.uuid4()), o.request_id, o.astrologer_id, o.direct) for o in decision.offers
+        ]
+        made = 0
+        entries: list[Any] = []
+        timeout_ms = int(self.settings.offer_timeout_s * 1000)
+        if decision.offers or data["stretch"] != stretch.decode():
+            if read_after is None:
+                made = await self.store.commit(self.token, timeout_ms, stretch, offers)
+            else:
+                made, entries = await self.store.commit_and_outbox(
+                    self.token, timeout_ms, stretch, offers, read_after
+                )
+        elif read_after is not None:
+            entries = await self.store.outbox(read_after)
+        if read_after is not None:
+            metrics.DECISION_TIME.observe(time.perf_counter() - started)
+        return made, entries
 
     async def _publish_stats(self, lines: dict[str, Any] | None) -> None:
         stats = await admin_stats(self.store, self.pool, lines)

@@ -164,6 +164,10 @@ def parse(text: str | bytes, role: Role | None) -> ClientFrame:
     return frame
 
 
+def frame_type(frame: ClientFrame) -> str:
+    return _TYPE_NAMES[type(frame)]
+
+
 def frame_fields(frame: ClientFrame) -> dict[str, Any]:
     """The frame as a plain dict (for the sender's Redis queue)."""
     fields = {"type": _TYPE_NAMES[type(frame)]}

@@ -12,6 +12,7 @@ is closed instead of slowing anyone else.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -23,7 +24,6 @@ from urllib.parse import urlsplit
 import asyncpg
 import orjson
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from matcher.journal import frame_message
@@ -124,18 +124,14 @@ class ScriptBatcher:
     (scripts of different clients were never ordered relative to each other), and
     a failure reaches the caller as the same exception a direct call would raise.
 
-    It stands in for the Redis client where redis-py's AsyncScript uses one
-    (`evalsha`, `script_load`, `connection_pool`); anything else goes straight through.
+    It stands in for the Redis client where matcher/store.py's Script uses one
+    (`evalsha`, `script_load`); anything else goes straight through.
     """
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self.connection_pool = redis.connection_pool
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task[None]] = set()
-
-    def register_script(self, script: str) -> AsyncScript:
-        return AsyncScript(self, script)  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.redis, name)
@@ -196,6 +192,7 @@ class Gateway:
         self.scripts = ScriptBatcher(redis)
         self.store = Store(self.scripts, self.keys)  # type: ignore[arg-type]
         self.id = uuid.uuid4().hex[:16]
+        self._ops = itertools.count()
         self.accounts: dict[str, set[Connection]] = {}
         self.admins: set[Connection] = set()
         self.drainers: dict[str, asyncio.Task[None]] = {}
@@ -491,7 +488,7 @@ class Gateway:
                 metrics.FRAMES.labels(metrics.frame_label(exc.frame_type)).inc()
                 conn.push_frame(error_frame(exc.error, exc.ref))
                 continue
-            frame_type = protocol.frame_fields(frame)["type"]
+            frame_type = protocol.frame_type(frame)
             metrics.FRAMES.labels(frame_type).inc()
             if isinstance(frame, protocol.Ping):
                 conn.push_frame({"type": "pong", "ref": frame.ref} if frame.ref else {"type": "pong"})
@@ -507,7 +504,7 @@ class Gateway:
     async def _submit(self, conn: Connection, frame: protocol.ClientFrame, received: float) -> None:
         item = orjson.dumps(
             {
-                "op": uuid.uuid4().hex,
+                "op": f"{self.id}.{next(self._ops):x}",  # unique among gateways
                 "sock": conn.id,
                 "uid": conn.account_id,
                 "role": conn.role.value,
@@ -558,7 +555,7 @@ class Gateway:
         op, socket_id, uid, role = data["op"], data["sock"], data["uid"], data["role"]
         frame = protocol.frame_from_fields(data["f"])
         ref = getattr(frame, "ref", None)
-        frame_type = protocol.frame_fields(frame)["type"]
+        frame_type = protocol.frame_type(frame)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pending_acks[op] = waiter
         try:

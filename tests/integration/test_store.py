@@ -38,6 +38,15 @@ async def test_scripts_come_back_after_script_flush(store_urls: tuple[str, str])
         assert (await store.lease("m1", 1000)).held
         await redis.script_flush()
         assert (await store.lease("m1", 1000)).held  # reloaded transparently
+        # the matcher's pipelined calls, too: each script runs once
+        token = (await store.lease("m1", 1000)).token
+        await redis.set(keys.alive, "1")
+        await redis.script_flush()
+        (due_in_ms, more), snapshot = await store.timers_and_snapshot(token, 3, 10, 10)
+        assert (due_in_ms, more) == (-1, False) and snapshot["general"] in ([], {})
+        await redis.script_flush()
+        made, entries = await store.commit_and_outbox(token, 1000, b"{}", [], "0-0")
+        assert made == 0 and entries == []
     finally:
         async for key in redis.scan_iter(match=f"{keys.prefix}:*"):
             await redis.delete(key)
