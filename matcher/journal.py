@@ -41,17 +41,37 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+# Frames reach the gateways in batches on one fan-out channel that every gateway
+# reads (the events channel of a pseudo-account: account ids are UUIDs, so it
+# never meets a real one): a turn's frames cost the matcher one PUBLISH and a
+# gateway one message, not one each. A gateway passes each line to the sockets it
+# holds for that account and skips the rest.
+FANOUT_ACCOUNT = "fanout"
+FANOUT_BATCH = 2_000  # lines per message: amortises the publish, never stalls a gateway long
+
+
 @dataclass
 class Batch:
     ids: list[str] = field(default_factory=list)
     rows: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
-    messages: list[tuple[str, bytes]] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)
     hints: list[list[Any]] = field(default_factory=list)
 
 
 def frame_message(socket_id: str, op: str, frame: Any) -> bytes:
-    """A pub/sub message: which socket (empty = all of the account), the op it answers, the frame."""
+    """A message on an account's own channel: which socket (empty = all of the
+    account), the op it answers, the frame."""
     return f"{socket_id}\n{op}\n".encode() + orjson.dumps(frame)
+
+
+def fanout_line(account_id: str, frame: Any, socket_id: str = "", op: str = "") -> bytes:
+    """One line of a fan-out batch: "<account> <socket or empty> <op or empty> <frame
+    JSON>" (ids hold no space, and orjson never writes a raw newline)."""
+    return f"{account_id} {socket_id} {op} ".encode() + orjson.dumps(frame)
+
+
+def fanout_messages(lines: list[bytes]) -> list[bytes]:
+    return [b"\n".join(lines[start : start + FANOUT_BATCH]) for start in range(0, len(lines), FANOUT_BATCH)]
 
 
 def parse_entries(entries: Iterable[tuple[Any, dict[Any, Any]]], keys: Keys) -> Batch:
@@ -62,7 +82,7 @@ def parse_entries(entries: Iterable[tuple[Any, dict[Any, Any]]], keys: Keys) -> 
         for op, row in _list(data.get("pg")):
             batch.rows[op].append(row)
         for uid, frame, socket_id, frame_op in _list(data.get("ev")):
-            batch.messages.append((keys.events(uid), frame_message(socket_id, frame_op, frame)))
+            batch.lines.append(fanout_line(uid, frame, socket_id, frame_op))
         batch.hints.extend(_list(data.get("m")))
     return batch
 
@@ -140,8 +160,8 @@ class Journal:
 
     async def _publish(self, batch: Batch) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        for channel, message in batch.messages:
-            pipe.publish(channel, message)
+        for message in fanout_messages(batch.lines):
+            pipe.publish(self.keys.events(FANOUT_ACCOUNT), message)
         if batch.ids:
             pipe.xdel(self.keys.outbox, *batch.ids)
         await pipe.execute()

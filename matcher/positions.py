@@ -9,10 +9,9 @@ ETA(k) = ceil(k / c) x average handle time, with c the capacity of the online
 astrologers who could serve the request (SPEC: null while there is none).
 
 A pass can change the position of every waiting user at once, so its frames go
-out in a few batches on one fan-out channel that every gateway reads, not as one
-message per account: 10,000 PUBLISH calls a pass cost the matcher ~0.3 s and
-each gateway as much again to read. A gateway passes each line of a batch to the
-sockets it holds for that account and skips the rest.
+out in a few batches on the fan-out channel every gateway reads (journal.py),
+not as one message per account: 10,000 PUBLISH calls a pass cost the matcher
+~0.3 s and each gateway as much again to read.
 
 A pass sends at most FANOUT_PER_PASS position frames, those whose change is
 oldest first. With a long line every waiting user's place changes on every pass,
@@ -33,17 +32,13 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from matcher.journal import frame_message
+from matcher.journal import FANOUT_ACCOUNT, fanout_line, fanout_messages, frame_message
 from matcher.keys import Keys
 from matcher.store import Store
 from server import metrics
 
 DEFAULT_HANDLE_MS = 300_000  # until a session has ended, assume five minutes
 UNDER_OFFER = (0, None)  # no position while under offer
-# The channel of fan-out batches: the events channel of a pseudo-account (account
-# ids are UUIDs, so it never meets a real one), like Keys.admin_events.
-FANOUT_ACCOUNT = "fanout"
-FANOUT_BATCH = 2_000  # frames per message: amortises the publish, never stalls a gateway long
 # Position frames per pass (every 100-150 ms): up to 20,000 a second. One gateway
 # holding 20,000 sockets writes a frame in ~43 us, so that leaves it room to
 # serve everything else; 10,000 waiting each hear their place within ~0.8 s (p99).
@@ -144,7 +139,7 @@ class Positions:
 
         if len(changed) > FANOUT_PER_PASS:
             changed = heapq.nsmallest(FANOUT_PER_PASS, changed, key=lambda c: stale_since[c[0]])
-        out: list[bytes] = []  # fan-out lines, "<account id> <frame JSON>"
+        out: list[bytes] = []  # fan-out lines (journal.fanout_line)
         for rid, uid, value in changed:
             self.sent[rid] = value
             del stale_since[rid]
@@ -160,9 +155,8 @@ class Positions:
                 self.waiting_sent[aid] = counts
                 frame = {"type": "waiting", "direct": counts[0], "general": counts[1]}
                 out.append(fanout_line(aid, frame))
-        channel = self.keys.events(FANOUT_ACCOUNT)
-        for start in range(0, len(out), FANOUT_BATCH):
-            pipe.publish(channel, b"\n".join(out[start : start + FANOUT_BATCH]))
+        for message in fanout_messages(out):
+            pipe.publish(self.keys.events(FANOUT_ACCOUNT), message)
         await pipe.execute()
 
         metrics.WAITING.labels("general").set(general_waiting)
@@ -178,11 +172,6 @@ class Positions:
             "sent": len(out),
             "deferred": len(stale_since),  # owners still to hear their latest place
         }
-
-
-def fanout_line(account_id: str, frame: dict[str, Any]) -> bytes:
-    """One line of a fan-out batch (orjson never writes a raw newline inside JSON)."""
-    return account_id.encode() + b" " + orjson.dumps(frame)
 
 
 def admin_message(stats: dict[str, Any]) -> bytes:

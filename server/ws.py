@@ -26,10 +26,9 @@ import orjson
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from matcher.journal import frame_message
+from matcher.journal import FANOUT_ACCOUNT, frame_message
 from matcher.keys import Keys
 from matcher.aio import REDIS_DOWN, STORES_DOWN, cancel_and_wait, log_failure, unless_cancelled
-from matcher.positions import FANOUT_ACCOUNT
 from matcher.stats import admin_stats
 from matcher.store import Store
 from server import db, metrics, protocol
@@ -264,15 +263,21 @@ class Gateway:
                 conn.push(text)
 
     def _route_batch(self, data: bytes) -> None:
-        """Positions and counts for many accounts (matcher/positions.py); only those held here."""
-        accounts = self.accounts
+        """A fan-out batch (matcher/journal.py): every account's frames, only those held here."""
+        accounts, pending_acks = self.accounts, self.pending_acks
         for line in data.split(b"\n"):
-            account_id, _, frame = line.partition(b" ")
+            account_id, socket_id, op, frame = line.split(b" ", 3)
+            if op:
+                waiter = pending_acks.pop(op.decode(), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
             conns = accounts.get(account_id.decode())
             if conns:
                 text = frame.decode()
+                target = socket_id.decode()
                 for conn in conns:
-                    conn.push(text)
+                    if not target or conn.id == target:
+                        conn.push(text)
 
     async def _subscribe(self, account_id: str) -> None:
         channel = self.keys.events(account_id)

@@ -69,7 +69,7 @@ async def test_a_long_line_hears_its_positions_in_turns_and_none_is_starved(
         shown: dict[str, int] = {}
         while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)) is not None:
             for line in message["data"].split(b"\n"):
-                owner, _, frame = line.partition(b" ")
+                owner, _socket, _op, frame = line.split(b" ", 3)
                 shown[owner.decode()] = orjson.loads(frame)["position"]
         return shown
 
