@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from matcher.keys import Keys
 from matcher.positions import FANOUT_ACCOUNT, FANOUT_PER_PASS, Positions
 from matcher.store import Store
+from server.ws import ScriptBatcher
 
 
 async def test_lines_reads_a_line_longer_than_luas_unpack_limit(store_urls: tuple[str, str]) -> None:
@@ -47,6 +50,34 @@ async def test_scripts_come_back_after_script_flush(store_urls: tuple[str, str])
         await redis.script_flush()
         made, entries = await store.commit_and_outbox(token, 1000, b"{}", [], "0-0")
         assert made == 0 and entries == []
+    finally:
+        async for key in redis.scan_iter(match=f"{keys.prefix}:*"):
+            await redis.delete(key)
+        await redis.aclose()
+
+
+async def test_the_gateways_batched_scripts_come_back_after_script_flush(
+    store_urls: tuple[str, str],
+) -> None:
+    redis = Redis.from_url(store_urls[1])
+    keys = Keys(f"t{uuid.uuid4().hex[:10]}")
+    batcher = ScriptBatcher(redis)
+    store = Store(batcher, keys)
+    try:
+        await redis.script_flush()
+        # one batch: both callers hear NOSCRIPT, load the script and call again
+        first, second = await asyncio.gather(
+            store.enqueue("u1", b"frame-1", "g1", 1000), store.enqueue("u2", b"frame-2", "g1", 1000)
+        )
+        assert (first, second) == (b"frame-1", b"frame-2")  # each took its free queue
+        assert await store.enqueue("u1", b"frame-3", "g1", 1000) is None  # u1's is held
+        assert await store.next_frame("u1", "g1", 1000) == b"frame-3"
+        # in one batch, a script's own error reaches its caller alone
+        released, unknown = await asyncio.gather(
+            store.next_frame("u2", "g1", 1000), batcher.evalsha("0" * 40, 0), return_exceptions=True
+        )
+        assert released is None and isinstance(unknown, NoScriptError)
+        assert await store.enqueue("u2", b"frame-4", "g1", 1000) == b"frame-4"  # u2's was released
     finally:
         async for key in redis.scan_iter(match=f"{keys.prefix}:*"):
             await redis.delete(key)
