@@ -96,15 +96,14 @@ class DecisionBench:
         await self.redis.set(keys.fence, TOKEN)
         await self.redis.set(keys.alive, "1")
         await self.redis.hset(keys.flow, mapping={"top_flow": "on", "boost": "2.0"})
+        upsert, status = store._scripts["upsert_astrologer"], store._scripts["status"]
+        for script in (upsert, status):
+            await self.redis.script_load(script.source)  # the pipeline calls them by SHA1
         for start in range(0, self.astrologers, CHUNK):
             pipe = self.redis.pipeline(transaction=False)
             for aid in self.ids[start : start + CHUNK]:
-                await store._scripts["upsert_astrologer"](
-                    keys=[keys.match], args=[aid, f"a-{aid[:6]}", "1.0", 1, 0, 1], client=pipe
-                )
-                await store._scripts["status"](
-                    keys=[keys.match], args=[aid, "online", "", "", "null"], client=pipe
-                )
+                pipe.evalsha(upsert.sha, 1, keys.match, aid, f"a-{aid[:6]}", "1.0", 1, 0, 1)
+                pipe.evalsha(status.sha, 1, keys.match, aid, "online", "", "", "null")
             await pipe.execute()
         # Every astrologer gets one offer first (capacity 1: all busy), `waiting` stay in line.
         await _fill_line(self.redis, keys, self.waiting + self.astrologers, 1)
