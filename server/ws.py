@@ -298,10 +298,9 @@ class Gateway:
         while True:
             try:
                 alive, known = await self.store.heartbeat(self.id, HEARTBEAT_TTL_MS)
-                conns = [c for group in self.accounts.values() for c in group]
-                if alive and conns and known == 0:
+                if alive and known == 0 and self.accounts:
                     # Redis lost its data and was rebuilt: say again who is here.
-                    for conn in conns:
+                    for conn in [c for group in self.accounts.values() for c in group]:
                         await self.store.connect(conn.account_id, conn.role.value, conn.id, self.id)
             except (*REDIS_DOWN, AstroqError) as exc:
                 unless_cancelled()
