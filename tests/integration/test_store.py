@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import AsyncIterator
 
 import orjson
+import pytest
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
@@ -15,81 +17,76 @@ from matcher.store import Store
 from server.ws import ScriptBatcher
 
 
-async def test_lines_reads_a_line_longer_than_luas_unpack_limit(store_urls: tuple[str, str]) -> None:
+@pytest.fixture
+async def live(store_urls: tuple[str, str]) -> AsyncIterator[tuple[Redis, Keys]]:
+    """A Redis client and a key prefix of the test's own, deleted afterwards."""
     redis = Redis.from_url(store_urls[1])
     keys = Keys(f"t{uuid.uuid4().hex[:10]}")
     try:
-        pipe = redis.pipeline(transaction=False)
-        for i in range(12_000):
-            pipe.zadd(keys.general_line, {f"r{i}": i})
-            pipe.hset(keys.m("owner"), f"r{i}", f"u{i}")
-        await pipe.execute()
-        general = (await Store(redis, keys).lines())["general"]
-        assert len(general) == 24_000
-        assert general[:4] == ["r0", "u0", "r1", "u1"] and general[-2:] == ["r11999", "u11999"]
+        yield redis, keys
     finally:
         async for key in redis.scan_iter(match=f"{keys.prefix}:*"):
             await redis.delete(key)
         await redis.aclose()
 
 
-async def test_scripts_come_back_after_script_flush(store_urls: tuple[str, str]) -> None:
-    redis = Redis.from_url(store_urls[1])
-    keys = Keys(f"t{uuid.uuid4().hex[:10]}")
+async def test_lines_reads_a_line_longer_than_luas_unpack_limit(live: tuple[Redis, Keys]) -> None:
+    redis, keys = live
+    pipe = redis.pipeline(transaction=False)
+    for i in range(12_000):
+        pipe.zadd(keys.general_line, {f"r{i}": i})
+        pipe.hset(keys.m("owner"), f"r{i}", f"u{i}")
+    await pipe.execute()
+    general = (await Store(redis, keys).lines())["general"]
+    assert len(general) == 24_000
+    assert general[:4] == ["r0", "u0", "r1", "u1"] and general[-2:] == ["r11999", "u11999"]
+
+
+async def test_scripts_come_back_after_script_flush(live: tuple[Redis, Keys]) -> None:
+    redis, keys = live
     store = Store(redis, keys)
-    try:
-        assert (await store.lease("m1", 1000)).held
-        await redis.script_flush()
-        assert (await store.lease("m1", 1000)).held  # reloaded transparently
-        # the matcher's pipelined calls, too: each script runs once
-        token = (await store.lease("m1", 1000)).token
-        await redis.set(keys.alive, "1")
-        await redis.script_flush()
-        (due_in_ms, more), snapshot = await store.timers_and_snapshot(token, 3, 10, 10)
-        assert (due_in_ms, more) == (-1, False) and snapshot["general"] in ([], {})
-        await redis.script_flush()
-        made, entries = await store.commit_and_outbox(token, 1000, b"{}", [], "0-0")
-        assert made == 0 and entries == []
-    finally:
-        async for key in redis.scan_iter(match=f"{keys.prefix}:*"):
-            await redis.delete(key)
-        await redis.aclose()
+    assert (await store.lease("m1", 1000)).held
+    await redis.script_flush()
+    assert (await store.lease("m1", 1000)).held  # reloaded transparently
+    # the matcher's pipelined calls, too: each script runs once
+    token = (await store.lease("m1", 1000)).token
+    await redis.set(keys.alive, "1")
+    await redis.script_flush()
+    (due_in_ms, more), snapshot = await store.timers_and_snapshot(token, 3, 10, 10)
+    assert (due_in_ms, more) == (-1, False) and snapshot["general"] in ([], {})
+    await redis.script_flush()
+    made, entries = await store.commit_and_outbox(token, 1000, b"{}", [], "0-0")
+    assert made == 0 and entries == []
 
 
 async def test_the_gateways_batched_scripts_come_back_after_script_flush(
-    store_urls: tuple[str, str],
+    live: tuple[Redis, Keys],
 ) -> None:
-    redis = Redis.from_url(store_urls[1])
-    keys = Keys(f"t{uuid.uuid4().hex[:10]}")
+    redis, keys = live
     batcher = ScriptBatcher(redis)
-    store = Store(batcher, keys)
-    try:
-        await redis.script_flush()
-        # one batch: both callers hear NOSCRIPT, load the script and call again
-        first, second = await asyncio.gather(
-            store.enqueue("u1", b"frame-1", "g1", 1000), store.enqueue("u2", b"frame-2", "g1", 1000)
-        )
-        assert (first, second) == (b"frame-1", b"frame-2")  # each took its free queue
-        assert await store.enqueue("u1", b"frame-3", "g1", 1000) is None  # u1's is held
-        assert await store.next_frame("u1", "g1", 1000) == b"frame-3"
-        # in one batch, a script's own error reaches its caller alone
-        released, unknown = await asyncio.gather(
-            store.next_frame("u2", "g1", 1000), batcher.evalsha("0" * 40, 0), return_exceptions=True
-        )
-        assert released is None and isinstance(unknown, NoScriptError)
-        assert await store.enqueue("u2", b"frame-4", "g1", 1000) == b"frame-4"  # u2's was released
-    finally:
-        async for key in redis.scan_iter(match=f"{keys.prefix}:*"):
-            await redis.delete(key)
-        await redis.aclose()
+    store = Store(batcher, keys)  # type: ignore[arg-type]  # as the gateway does
+    await redis.script_flush()
+    # one batch: both callers hear NOSCRIPT, load the script and call again
+    first, second = await asyncio.gather(
+        store.enqueue("u1", b"frame-1", "g1", 1000), store.enqueue("u2", b"frame-2", "g1", 1000)
+    )
+    assert (first, second) == (b"frame-1", b"frame-2")  # each took its free queue
+    assert await store.enqueue("u1", b"frame-3", "g1", 1000) is None  # u1's is held
+    assert await store.next_frame("u1", "g1", 1000) == b"frame-3"
+    # in one batch, a script's own error reaches its caller alone
+    replies: list[object] = await asyncio.gather(
+        store.next_frame("u2", "g1", 1000), batcher.evalsha("0" * 40, 0), return_exceptions=True
+    )
+    released, unknown = replies
+    assert released is None and isinstance(unknown, NoScriptError)
+    assert await store.enqueue("u2", b"frame-4", "g1", 1000) == b"frame-4"  # u2's was released
 
 
 async def test_a_long_line_hears_its_positions_in_turns_and_none_is_starved(
-    store_urls: tuple[str, str],
+    live: tuple[Redis, Keys],
 ) -> None:
     """More changed positions than one pass sends: oldest change first, each owner in turn."""
-    redis = Redis.from_url(store_urls[1])
-    keys = Keys(f"t{uuid.uuid4().hex[:10]}")
+    redis, keys = live
     positions = Positions(Store(redis, keys), redis, keys)
     pubsub = redis.pubsub()
     await pubsub.subscribe(keys.events(FANOUT_ACCOUNT))
@@ -131,6 +128,3 @@ async def test_a_long_line_hears_its_positions_in_turns_and_none_is_starved(
                 assert all(step - last_heard[owner] < turns + 1 for owner in waiting)
     finally:
         await pubsub.aclose()
-        async for key in redis.scan_iter(match=f"{keys.prefix}:*"):
-            await redis.delete(key)
-        await redis.aclose()
