@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMes
 
 from bench.limits import cpu_seconds, raise_nofile, rss_kib
 from server.auth import Tokens, TokenType
+from server import gc_pauses
 from server.gc_pauses import short_gc_pauses
 
 CYCLE_TIMEOUT_S = 15.0
@@ -577,6 +578,9 @@ async def run_sockets(job: dict[str, Any]) -> dict[str, Any]:
     result["join_s"] = round(loop.time() - began, 2)
     result["join_failed"] = len(failed)
     await asyncio.sleep(0.5)  # let the last positions pass settle
+    # This process's own long collector pause (its heap grew by half while the
+    # sockets opened) now, not in the window: late reads would count as stale.
+    gc_pauses.review()
 
     meter = CpuMeter(job["pids"])
     meter.begin()
