@@ -368,6 +368,7 @@ async def run_match(job: dict[str, Any]) -> dict[str, Any]:
     log("closed loop")
     tasks = [asyncio.create_task(closed(bot)) for bot in users]
     await asyncio.sleep(job["warmup_s"])
+    gc_pauses.review()  # this process's own long pause, before the window
     frames_before = frames.total()
     meter.begin()
     window["open"] = state.recording = True
@@ -413,6 +414,7 @@ async def run_match(job: dict[str, Any]) -> dict[str, Any]:
                 done += 1
                 idle.append(bot)
 
+        gc_pauses.review()  # this process's own long pause, before the window
         meter.begin()
         state.recording = True
         began = loop.time()
