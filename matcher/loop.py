@@ -302,16 +302,15 @@ class Matcher:
             self.redis,
             self.pool,
             self.keys,
+            self.token,
             grace_ms=self._grace_ms,
             max_wait_ms=int(self.settings.max_wait_s * 1000),
         )
         self.positions.forget_all()
 
     async def decide(self) -> int:
-        """One decision: snapshot, the pure algorithm, an atomic commit. Returns offers made."""
-        started = time.perf_counter()
+        """One decision on a fresh snapshot, committed. Returns offers made."""
         made, _ = await self._decide(await self.store.snapshot(self.token, GENERAL_LOOKAHEAD), None)
-        metrics.DECISION_TIME.observe(time.perf_counter() - started)
         return made
 
     async def _decide(self, data: dict[str, Any], read_after: str | None) -> tuple[int, list[Any]]:
@@ -320,23 +319,18 @@ class Matcher:
         started = time.perf_counter()
         decision = flow.decide(_snapshot(data))
         stretch = _stretch_json(decision.stretch)
-        offers = [
-            (str(uuid.uuid4()), o.request_id, o.astrologer_id, o.direct) for o in decision.offers
-        ]
         made = 0
         entries: list[Any] = []
-        timeout_ms = int(self.settings.offer_timeout_s * 1000)
         if decision.offers or data["stretch"] != stretch.decode():
-            if read_after is None:
-                made = await self.store.commit(self.token, timeout_ms, stretch, offers)
-            else:
-                made, entries = await self.store.commit_and_outbox(
-                    self.token, timeout_ms, stretch, offers, read_after
-                )
+            offers = [
+                (str(uuid.uuid4()), o.request_id, o.astrologer_id, o.direct) for o in decision.offers
+            ]
+            made, entries = await self.store.commit_and_outbox(
+                self.token, int(self.settings.offer_timeout_s * 1000), stretch, offers, read_after
+            )
         elif read_after is not None:
             entries = await self.store.outbox(read_after)
-        if read_after is not None:
-            metrics.DECISION_TIME.observe(time.perf_counter() - started)
+        metrics.DECISION_TIME.observe(time.perf_counter() - started)
         return made, entries
 
     async def _publish_stats(self, lines: dict[str, Any] | None) -> None:

@@ -6,6 +6,11 @@ Offers that were open are ended as `returned` and their requests wait again at
 their old place. Sessions that were open stay open. Every account with a live
 request or session, and every astrologer not offline, gets a fresh reconnect
 grace: gateways register their sockets again within a heartbeat and cancel it.
+
+Only the holder of the current fencing token rebuilds, and the live state is
+written only if the token is still the same when it is (WATCH): a matcher that
+lost its lease, or learnt of the loss late, must not write a second rebuild over
+a standby that has already rebuilt and matched since.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from matcher.keys import Keys
+from matcher.store import Fenced
 from server import metrics
 
 log = logging.getLogger("astroq.rebuild")
@@ -27,10 +34,17 @@ def _ms(value: Any) -> int:
     return int(value.timestamp() * 1000)
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
 async def rebuild(
-    redis: Redis, pool: asyncpg.Pool, keys: Keys, *, grace_ms: int, max_wait_ms: int
+    redis: Redis, pool: asyncpg.Pool, keys: Keys, token: str, *, grace_ms: int, max_wait_ms: int
 ) -> int:
-    """Writes the live state in one MULTI; returns the number of open requests restored."""
+    """Writes the live state in one MULTI; returns the number of open requests
+    restored. Raises Fenced if `token` is not, or is no longer, the current one."""
+    if _text(await redis.get(keys.fence)) != token:
+        raise Fenced()
     now_ms = int(time.time() * 1000)
     async with pool.acquire() as conn:
         async with conn.transaction():
@@ -69,6 +83,11 @@ async def rebuild(
         load[s["aid"]] = load.get(s["aid"], 0) + 1
     m = keys.m
     pipe = redis.pipeline(transaction=True)
+    await pipe.watch(keys.fence)
+    if _text(await pipe.get(keys.fence)) != token:
+        await pipe.reset()
+        raise Fenced()
+    pipe.multi()
     for a in astrologers:
         aid = a["id"]
         pipe.hset(
@@ -134,7 +153,12 @@ async def rebuild(
     pipe.hset(m("flow"), mapping={"top_flow": flow["top_flow"], "boost": repr(flow["boost"])})
     pipe.set(m("seq"), max_seq)
     pipe.set(keys.alive, "1")
-    await pipe.execute()
+    try:
+        await pipe.execute()
+    except WatchError:
+        raise Fenced() from None  # the lease changed hands while PostgreSQL was read
+    finally:
+        await pipe.reset()
     metrics.REBUILDS.inc()
     log.info(
         "rebuilt live state from PostgreSQL: %d open requests, %d sessions, %d offers returned",

@@ -282,12 +282,15 @@ class Store:
     # The matcher's turn in fewer round trips: on a busy machine every one is a
     # wake-up of Redis and of the matcher, each waiting for a core.
     async def alive_and_outbox(self, after: str, block_ms: int) -> tuple[bool, list[Any]]:
-        """Whether live state is there, and the outbox entries after `after`
-        (waiting up to block_ms for one)."""
+        """The outbox entries after `after` (waiting up to block_ms for one), and
+        whether live state is there once the wait is over. Asked before the wait,
+        the answer could be 250 ms old when it says "lost": by then a standby may
+        have rebuilt and be matching, and a second rebuild would wipe its offers
+        out of Redis while they still went to PostgreSQL."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.exists(self.keys.alive)
         pipe.xread({self.keys.outbox: after}, count=OUTBOX_BATCH, block=block_ms)
-        alive, reply = await pipe.execute()
+        pipe.exists(self.keys.alive)
+        reply, alive = await pipe.execute()
         return bool(alive), _entries(reply)
 
     async def outbox(self, after: str) -> list[Any]:
@@ -308,14 +311,17 @@ class Store:
         offer_timeout_ms: int,
         stretch: bytes,
         offers: Sequence[tuple[str, str, str, bool]],
-        after: str,
+        after: str | None,
     ) -> tuple[int, list[Any]]:
-        """commit(), then the outbox entries after `after`, the commit's among them."""
-        commit, reply = await self._pipelined(
+        """commit(), then (unless `after` is None) the outbox entries after `after`,
+        the commit's among them."""
+        replies = await self._pipelined(
             [("commit", _commit_args(token, offer_timeout_ms, stretch, offers))],
-            then=lambda pipe: pipe.xread({self.keys.outbox: after}, count=OUTBOX_BATCH),
+            then=None
+            if after is None
+            else lambda pipe: pipe.xread({self.keys.outbox: after}, count=OUTBOX_BATCH),
         )
-        return int(_check(commit)[1]), _entries(reply)
+        return int(_check(replies[0])[1]), (_entries(replies[1]) if after is not None else [])
 
     async def _pipelined(
         self, calls: list[tuple[str, list[Any]]], then: Callable[[Pipeline], Any] | None = None
