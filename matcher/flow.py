@@ -268,9 +268,9 @@ class _Fair:
 
     The first pick of a fresh stretch (every count zero, also after a reset) is the
     smallest virtual finish over the day, then the longest idle, then the smallest
-    id: a scan when it is the decision's first, else the ``fresh`` heap. Picks within a stretch use three heaps, in which each
-    member sits in exactly one; an entry whose version is not the member's current
-    one is stale:
+    id: a scan when it is the decision's first, else the ``fresh`` heap. Picks
+    within a stretch use three heaps, in which each member sits in exactly one; an
+    entry whose version is not the member's current one is stale:
 
     * ``zero``: count 0, so never ahead. Its finish ``1 / w`` orders like ``-w``,
       which floats compare exactly, so entries are ``(-w, idle, id, version)``. It

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 import asyncpg
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from matcher.keys import Keys
 from matcher.store import Store
@@ -70,8 +71,11 @@ def fanout_line(account_id: str, frame: Any, socket_id: str = "", op: str = "") 
     return f"{account_id} {socket_id} {op} ".encode() + orjson.dumps(frame)
 
 
-def fanout_messages(lines: list[bytes]) -> list[bytes]:
-    return [b"\n".join(lines[start : start + FANOUT_BATCH]) for start in range(0, len(lines), FANOUT_BATCH)]
+def publish_fanout(pipe: Pipeline, keys: Keys, lines: list[bytes]) -> None:
+    """Queues the lines on the fan-out channel, FANOUT_BATCH to a message."""
+    channel = keys.events(FANOUT_ACCOUNT)
+    for start in range(0, len(lines), FANOUT_BATCH):
+        pipe.publish(channel, b"\n".join(lines[start : start + FANOUT_BATCH]))
 
 
 def parse_entries(entries: Iterable[tuple[Any, dict[Any, Any]]], keys: Keys) -> Batch:
@@ -160,8 +164,7 @@ class Journal:
 
     async def _publish(self, batch: Batch) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        for message in fanout_messages(batch.lines):
-            pipe.publish(self.keys.events(FANOUT_ACCOUNT), message)
+        publish_fanout(pipe, self.keys, batch.lines)
         if batch.ids:
             pipe.xdel(self.keys.outbox, *batch.ids)
         await pipe.execute()

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from matcher.journal import FANOUT_ACCOUNT, fanout_line, fanout_messages, frame_message
+from matcher.journal import fanout_line, frame_message, publish_fanout
 from matcher.keys import Keys
 from matcher.store import Store
 from server import metrics
@@ -156,8 +156,7 @@ class Positions:
                 self.waiting_sent[aid] = counts
                 frame = {"type": "waiting", "direct": counts[0], "general": counts[1]}
                 out.append(fanout_line(aid, frame))
-        for message in fanout_messages(out):
-            pipe.publish(self.keys.events(FANOUT_ACCOUNT), message)
+        publish_fanout(pipe, self.keys, out)
         await pipe.execute()
 
         metrics.WAITING.labels("general").set(general_waiting)

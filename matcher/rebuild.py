@@ -34,8 +34,10 @@ def _ms(value: Any) -> int:
     return int(value.timestamp() * 1000)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value or "")
+async def _holds(client: Any, keys: Keys, token: str) -> bool:
+    """Whether `token` is the current fencing token (a Redis client or a watching pipeline)."""
+    current = await client.get(keys.fence)
+    return current is not None and current.decode() == token
 
 
 async def rebuild(
@@ -43,7 +45,7 @@ async def rebuild(
 ) -> int:
     """Writes the live state in one MULTI; returns the number of open requests
     restored. Raises Fenced if `token` is not, or is no longer, the current one."""
-    if _text(await redis.get(keys.fence)) != token:
+    if not await _holds(redis, keys, token):
         raise Fenced()
     now_ms = int(time.time() * 1000)
     async with pool.acquire() as conn:
@@ -82,83 +84,82 @@ async def rebuild(
     for s in sessions:
         load[s["aid"]] = load.get(s["aid"], 0) + 1
     m = keys.m
-    pipe = redis.pipeline(transaction=True)
-    await pipe.watch(keys.fence)
-    if _text(await pipe.get(keys.fence)) != token:
-        await pipe.reset()
-        raise Fenced()
-    pipe.multi()
-    for a in astrologers:
-        aid = a["id"]
-        pipe.hset(
-            m(f"ast:{aid}"),
-            mapping={
-                "name": a["name"],
-                "weight": repr(float(a["weight"])),
-                "capacity": a["capacity"],
-                "is_top": int(a["is_top"]),
-                "flow_enabled": int(a["flow_enabled"]),
-                "status": a["status"],
-                "load": load.get(aid, 0),
-                "missed": 0,
-                "idle": 0,
-            },
-        )
-        pipe.sadd(m("asts"), aid)
-        if a["status"] == "online":
-            pipe.sadd(m("online"), aid)
-        if a["status"] != "offline":
-            pipe.zadd(m("deadline:grace"), {aid: now_ms + grace_ms})
-    for offer in returned:
-        pipe.set(m(f"offerdone:{offer['id']}"), offer["astrologer_id"], px=3_600_000)
-    for r in requests:
-        rid, aid = r["id"], r["aid"]
-        pipe.hset(
-            m(f"req:{rid}"),
-            mapping={
-                "id": rid,
-                "user": r["user_id"],
-                "uname": r["uname"],
-                "kind": r["kind"],
-                "aid": aid,
-                "seq": r["seq"],
-                "created": _ms(r["created_at"]),
-                "state": "waiting",
-                "offer": "",
-            },
-        )
-        pipe.zadd(m(f"line:{aid}" if aid else "line:general"), {rid: r["seq"]})
-        pipe.hset(m("owner"), rid, r["user_id"])
-        pipe.hset(m(f"user:{r['user_id']}"), "req", rid)
-        pipe.zadd(m("deadline:grace"), {r["user_id"]: now_ms + grace_ms})
-        if max_wait_ms > 0:
-            pipe.zadd(m("deadline:wait"), {rid: _ms(r["created_at"]) + max_wait_ms})
-    for e in excluded:
-        pipe.sadd(m(f"excl:{e['rid']}"), e["aid"])
-    for s in sessions:
-        pipe.hset(
-            m(f"sess:{s['id']}"),
-            mapping={
-                "rid": s["rid"],
-                "user": s["user_id"],
-                "uname": s["uname"],
-                "aid": s["aid"],
-                "aname": s["aname"],
-                "kind": s["kind"],
-                "started": _ms(s["started_at"]),
-            },
-        )
-        pipe.sadd(m(f"astsess:{s['aid']}"), s["id"])
-        pipe.hset(m(f"user:{s['user_id']}"), "sess", s["id"])
-    pipe.hset(m("flow"), mapping={"top_flow": flow["top_flow"], "boost": repr(flow["boost"])})
-    pipe.set(m("seq"), max_seq)
-    pipe.set(keys.alive, "1")
-    try:
-        await pipe.execute()
-    except WatchError:
-        raise Fenced() from None  # the lease changed hands while PostgreSQL was read
-    finally:
-        await pipe.reset()
+    async with redis.pipeline(transaction=True) as pipe:
+        # The token is read under WATCH: if the lease changes hands before EXEC,
+        # nothing is written.
+        await pipe.watch(keys.fence)
+        if not await _holds(pipe, keys, token):
+            raise Fenced()
+        pipe.multi()
+        for a in astrologers:
+            aid = a["id"]
+            pipe.hset(
+                m(f"ast:{aid}"),
+                mapping={
+                    "name": a["name"],
+                    "weight": repr(float(a["weight"])),
+                    "capacity": a["capacity"],
+                    "is_top": int(a["is_top"]),
+                    "flow_enabled": int(a["flow_enabled"]),
+                    "status": a["status"],
+                    "load": load.get(aid, 0),
+                    "missed": 0,
+                    "idle": 0,
+                },
+            )
+            pipe.sadd(m("asts"), aid)
+            if a["status"] == "online":
+                pipe.sadd(m("online"), aid)
+            if a["status"] != "offline":
+                pipe.zadd(m("deadline:grace"), {aid: now_ms + grace_ms})
+        for offer in returned:
+            pipe.set(m(f"offerdone:{offer['id']}"), offer["astrologer_id"], px=3_600_000)
+        for r in requests:
+            rid, aid = r["id"], r["aid"]
+            pipe.hset(
+                m(f"req:{rid}"),
+                mapping={
+                    "id": rid,
+                    "user": r["user_id"],
+                    "uname": r["uname"],
+                    "kind": r["kind"],
+                    "aid": aid,
+                    "seq": r["seq"],
+                    "created": _ms(r["created_at"]),
+                    "state": "waiting",
+                    "offer": "",
+                },
+            )
+            pipe.zadd(m(f"line:{aid}" if aid else "line:general"), {rid: r["seq"]})
+            pipe.hset(m("owner"), rid, r["user_id"])
+            pipe.hset(m(f"user:{r['user_id']}"), "req", rid)
+            pipe.zadd(m("deadline:grace"), {r["user_id"]: now_ms + grace_ms})
+            if max_wait_ms > 0:
+                pipe.zadd(m("deadline:wait"), {rid: _ms(r["created_at"]) + max_wait_ms})
+        for e in excluded:
+            pipe.sadd(m(f"excl:{e['rid']}"), e["aid"])
+        for s in sessions:
+            pipe.hset(
+                m(f"sess:{s['id']}"),
+                mapping={
+                    "rid": s["rid"],
+                    "user": s["user_id"],
+                    "uname": s["uname"],
+                    "aid": s["aid"],
+                    "aname": s["aname"],
+                    "kind": s["kind"],
+                    "started": _ms(s["started_at"]),
+                },
+            )
+            pipe.sadd(m(f"astsess:{s['aid']}"), s["id"])
+            pipe.hset(m(f"user:{s['user_id']}"), "sess", s["id"])
+        pipe.hset(m("flow"), mapping={"top_flow": flow["top_flow"], "boost": repr(flow["boost"])})
+        pipe.set(m("seq"), max_seq)
+        pipe.set(keys.alive, "1")
+        try:
+            await pipe.execute()
+        except WatchError:
+            raise Fenced() from None
     metrics.REBUILDS.inc()
     log.info(
         "rebuilt live state from PostgreSQL: %d open requests, %d sessions, %d offers returned",

@@ -1,8 +1,8 @@
 """Typed access to the live state in Redis: one method per Lua script.
 
 Scripts are called by their SHA1 and loaded again when Redis has forgotten
-them (a `SCRIPT FLUSH`, a restart). A script that refuses returns {'err', code}; the wrapper turns
-that into the typed error of server/errors.py.
+them (a `SCRIPT FLUSH`, a restart). A script that refuses returns
+{'err', code}; the wrapper turns that into the typed error of server/errors.py.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from server import errors
@@ -273,7 +272,8 @@ class Store:
         stretch: bytes,
         offers: Sequence[tuple[str, str, str, bool]],
     ) -> int:
-        return int(_check(await self._match("commit", *_commit_args(token, offer_timeout_ms, stretch, offers)))[1])
+        args = _commit_args(token, offer_timeout_ms, stretch, offers)
+        return int(_check(await self._match("commit", *args))[1])
 
     async def timers(self, token: str, max_missed: int, limit: int) -> tuple[int, bool]:
         """Ends what is due; returns (ms until the next due time or -1, more already due)."""
@@ -316,26 +316,23 @@ class Store:
         """commit(), then (unless `after` is None) the outbox entries after `after`,
         the commit's among them."""
         replies = await self._pipelined(
-            [("commit", _commit_args(token, offer_timeout_ms, stretch, offers))],
-            then=None
-            if after is None
-            else lambda pipe: pipe.xread({self.keys.outbox: after}, count=OUTBOX_BATCH),
+            [("commit", _commit_args(token, offer_timeout_ms, stretch, offers))], read_after=after
         )
         return int(_check(replies[0])[1]), (_entries(replies[1]) if after is not None else [])
 
     async def _pipelined(
-        self, calls: list[tuple[str, list[Any]]], then: Callable[[Pipeline], Any] | None = None
+        self, calls: list[tuple[str, list[Any]]], read_after: str | None = None
     ) -> list[Any]:
-        """Match-slot scripts in one round trip, in order, then `then`'s command. If
-        Redis has forgotten a script, the lot goes again once it is loaded: a script
-        refused that way did not run, and the ones before it may run twice, so
-        only idempotent scripts (timers) may come before another."""
+        """Match-slot scripts in one round trip, in order, then (with read_after) the
+        outbox entries after it. If Redis has forgotten a script, the lot goes again
+        once it is loaded: a script refused that way did not run, and the ones before
+        it may run twice, so only idempotent scripts (timers) may come before another."""
         for attempt in range(2):
             pipe = self.redis.pipeline(transaction=False)
             for name, args in calls:
                 pipe.evalsha(self._scripts[name].sha, 1, self.keys.match, *args)
-            if then is not None:
-                then(pipe)
+            if read_after is not None:
+                pipe.xread({self.keys.outbox: read_after}, count=OUTBOX_BATCH)
             replies = await pipe.execute(raise_on_error=False)
             missing = [name for (name, _), r in zip(calls, replies) if isinstance(r, NoScriptError)]
             if not missing or attempt:

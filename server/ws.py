@@ -251,33 +251,29 @@ class Gateway:
                 conn.push(text)
             return
         socket_id, op, frame = data.split(b"\n", 2)
+        self._deliver(channel[len(self._events_prefix) :], socket_id, op, frame)
+
+    def _route_batch(self, data: bytes) -> None:
+        """A fan-out batch (matcher/journal.py): every account's frames, only those held here."""
+        deliver = self._deliver
+        for line in data.split(b"\n"):
+            account_id, socket_id, op, frame = line.split(b" ", 3)
+            deliver(account_id, socket_id, op, frame)
+
+    def _deliver(self, account_id: bytes, socket_id: bytes, op: bytes, frame: bytes) -> None:
+        """A frame to the account's sockets held here (one when socket_id names it);
+        an op it answers releases the client's next frame."""
         if op:
             waiter = self.pending_acks.pop(op.decode(), None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-        account_id = channel[len(self._events_prefix) :].decode()
-        target = socket_id.decode()
-        text = frame.decode()
-        for conn in self.accounts.get(account_id, ()):
-            if not target or conn.id == target:
-                conn.push(text)
-
-    def _route_batch(self, data: bytes) -> None:
-        """A fan-out batch (matcher/journal.py): every account's frames, only those held here."""
-        accounts, pending_acks = self.accounts, self.pending_acks
-        for line in data.split(b"\n"):
-            account_id, socket_id, op, frame = line.split(b" ", 3)
-            if op:
-                waiter = pending_acks.pop(op.decode(), None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
-            conns = accounts.get(account_id.decode())
-            if conns:
-                text = frame.decode()
-                target = socket_id.decode()
-                for conn in conns:
-                    if not target or conn.id == target:
-                        conn.push(text)
+        conns = self.accounts.get(account_id.decode())
+        if conns:
+            text = frame.decode()
+            target = socket_id.decode()
+            for conn in conns:
+                if not target or conn.id == target:
+                    conn.push(text)
 
     async def _subscribe(self, account_id: str) -> None:
         channel = self.keys.events(account_id)

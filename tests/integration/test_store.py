@@ -11,8 +11,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from matcher.journal import FANOUT_ACCOUNT
 from matcher.keys import Keys
-from matcher.positions import FANOUT_ACCOUNT, FANOUT_PER_PASS, Positions
+from matcher.positions import FANOUT_PER_PASS, Positions
 from matcher.store import Store
 from server.ws import ScriptBatcher
 
