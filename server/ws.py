@@ -46,6 +46,9 @@ STALL_SWEEP_S = 1.0  # how often stalled writes are looked for: a stall is seen 
 QUEUE_LOCK_MS = 10_000  # a client queue's lock outlives a crashed holder by this much
 ACK_WAIT_S = 5.0  # past this the next frame is applied anyway (the ack still comes)
 HEARTBEAT_S = 1.0
+# A socket opened while live state is being rebuilt (a matcher starting, or Redis
+# after a data loss) waits this long for it before closing 1013.
+LIVE_STATE_WAIT_S = 5.0
 HEARTBEAT_TTL_MS = 5_000  # a gateway silent for this long is dead: its sockets start their grace
 
 
@@ -398,7 +401,7 @@ class Gateway:
             self.admins.add(conn)
         if first:
             await self._subscribe(conn.account_id)
-        state, resumed = await self.store.connect(conn.account_id, conn.role.value, conn.id, self.id)
+        state, resumed = await self._connect_when_live(conn)
         if conn.role is Role.ASTROLOGER:
             for key in ("offers", "sessions"):
                 if not isinstance(state.get(key), list):
@@ -410,6 +413,16 @@ class Gateway:
         )
         if conn.role is Role.ADMIN:
             conn.push_frame({"type": "stats", **await admin_stats(self.store, self.pool)})
+
+    async def _connect_when_live(self, conn: Connection) -> tuple[dict[str, Any], bool]:
+        deadline = asyncio.get_running_loop().time() + LIVE_STATE_WAIT_S
+        while True:
+            try:
+                return await self.store.connect(conn.account_id, conn.role.value, conn.id, self.id)
+            except Unavailable:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
 
     async def _unregister(self, conn: Connection, connected: bool) -> None:
         group = self.accounts.get(conn.account_id)

@@ -149,3 +149,20 @@ async def test_a_matcher_that_lost_its_lease_cannot_write(service_factory: Any) 
             continue
         raise AssertionError("a stale matcher wrote")
     assert (await store.lease("paused-matcher", 200)).held is False
+
+
+async def test_a_socket_opened_while_live_state_is_missing_waits_for_it(service_factory: Any) -> None:
+    """A client that connects while a matcher is still building live state (at start, or
+    after Redis lost its data) gets `ready` once it is built, not a close."""
+    service: Service = await service_factory(with_matcher=False)
+    assert service.admin is not None
+    admin = await service.connect(service.admin, ready=False)
+    assert await admin.quiet(0.5) == []  # no matcher yet: no frame, and no close
+    matcher = Matcher(service.settings, service.redis, service.pool)
+    task = asyncio.create_task(matcher.run())
+    try:
+        ready = await admin.next(timeout=4)
+        assert ready["type"] == "ready" and ready["role"] == "admin"
+        assert (await admin.wait_for("stats", timeout=3))["waiting"] == 0
+    finally:
+        await cancel_and_wait([task])
