@@ -51,6 +51,7 @@ class Sizes:
     scale_rounds: int
     scale_rounds_big_roster: int  # each of these decisions reads the whole roster
     floor_rate: float = 10.0  # a light load: the latency floor
+    match_gateways: int = 1
     scale_waiting: tuple[int, int] = (100, 100_000)
     scale_astrologers: tuple[int, int] = (10, 10_000)
 
@@ -136,16 +137,20 @@ def phase_ceiling(servers: Servers, sizes: Sizes) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def running_service(
-    servers: Servers, groups: dict[str, tuple[str, int, int]], warnings: list[str]
-) -> Iterator[tuple[Service, dict[str, list[str]], dict[str, int]]]:
+    servers: Servers, groups: dict[str, tuple[str, int, int]], warnings: list[str], gateways: int = 1
+) -> Iterator[tuple[Service, dict[str, list[str]], dict[str, list[int]]]]:
     """A fresh database and prefix with the accounts written, `astroq matcher` and `astroq serve` up."""
     stores = servers.fresh()
     made = asyncio.run(accounts.create(stores.database_url, groups))
-    service = Service(stores.database_url, stores.redis_url, stores.prefix)
+    service = Service(stores.database_url, stores.redis_url, stores.prefix, gateways=gateways)
     ok = False
     try:
         service.start()
-        pids = {"gateway": service.pid("serve"), "matcher": service.pid("matcher"), **redis_pid(servers)}
+        pids = {
+            "gateway": [service.pid(name) for name in service.gateway_names],
+            "matcher": [service.pid("matcher")],
+            **redis_pid(servers),
+        }
         yield service, made, pids
         service.check_alive()
         ok = True
@@ -162,10 +167,10 @@ def running_service(
 def phase_match(servers: Servers, sizes: Sizes) -> dict[str, Any]:
     groups = {"a": ("astrologer", sizes.match_astrologers, sizes.match_capacity), "u": ("user", sizes.match_users, 1)}
     warnings: list[str] = []
-    with running_service(servers, groups, warnings) as (service, made, pids):
+    with running_service(servers, groups, warnings, sizes.match_gateways) as (service, made, pids):
         result = run_load(
             {
-                "kind": "match", "ws_url": service.ws_url, "secret": service.secret,
+                "kind": "match", "ws_urls": service.ws_urls, "secret": service.secret,
                 "users": made["u"], "astrologers": made["a"], "capacity": sizes.match_capacity,
                 "warmup_s": sizes.warmup_s, "duration_s": sizes.closed_s, "paced_s": sizes.paced_s,
                 "fractions": [0.5, 0.8], "floor_rate": sizes.floor_rate, "pids": pids,
@@ -222,7 +227,7 @@ def phase_scale(servers: Servers, sizes: Sizes) -> dict[str, Any]:
     return out
 
 
-def redis_pid(servers: Servers) -> dict[str, int]:
+def redis_pid(servers: Servers) -> dict[str, list[int]]:
     """The Redis server's pid, when it runs on this machine, for the CPU figures."""
     import redis
 
@@ -231,7 +236,7 @@ def redis_pid(servers: Servers) -> dict[str, int]:
         pid = int(client.info("server")["process_id"])
         client.close()
         os.kill(pid, 0)
-        return {"redis": pid}
+        return {"redis": [pid]}
     except Exception:
         return {}
 
@@ -276,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedded", action="store_true", help="start private PostgreSQL and Redis (server/embedded.py)")
     parser.add_argument("--idle", type=int, help="idle sockets to hold (default 20,000; --quick 1,000)")
     parser.add_argument("--waiting", type=int, help="users waiting in the fan-out (default 10,000; --quick 500)")
+    parser.add_argument("--gateways", type=int, help="gateway processes in the match phase (default 1)")
     parser.add_argument(
         "--only", action="append", choices=["ceiling", "match", "sockets", "scale"],
         help="run only these phases (repeatable)",
@@ -284,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     if args.idle is not None:
         sizes = replace(sizes, idle_sockets=args.idle, waiting=min(sizes.waiting, args.idle))
+    if args.gateways is not None:
+        sizes = replace(sizes, match_gateways=args.gateways)
     if args.waiting is not None:
         sizes = replace(sizes, waiting=args.waiting, idle_sockets=max(sizes.idle_sockets, args.waiting))
     began = time.monotonic()

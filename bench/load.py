@@ -115,9 +115,10 @@ class Bot:
 
 
 async def open_bots(
-    ws_url: str, tokens: Tokens, accounts: list[tuple[str, str]], frames: Frames, spread: bool = False
+    ws_urls: list[str], tokens: Tokens, accounts: list[tuple[str, str]], frames: Frames, spread: bool = False
 ) -> list[Bot]:
-    """Connects and authenticates every account (Authorization on the handshake), `ready` read."""
+    """Connects and authenticates every account (Authorization on the handshake), `ready` read;
+    with several gateways, the accounts take turns among them."""
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     bots: list[Bot | None] = [None] * len(accounts)
 
@@ -130,7 +131,7 @@ async def open_bots(
             for attempt in range(5):
                 try:
                     ws = await connect(
-                        ws_url,
+                        ws_urls[index % len(ws_urls)],
                         additional_headers={"Authorization": f"Bearer {token}"},
                         compression=None,
                         ping_interval=None,
@@ -164,12 +165,13 @@ async def call(bot: Bot, frame: dict[str, Any], replies: dict[str, asyncio.Futur
 
 
 class CpuMeter:
-    """CPU used by the service's processes (and this one) over a window, as % of one core."""
+    """CPU used by the service's processes (and this one) over a window, as % of one core;
+    a name with several processes (gateways) counts them all."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, list[int]]) -> None:
         import os
 
-        self.pids = {**pids, "load": os.getpid()}
+        self.pids = {**pids, "load": [os.getpid()]}
         self.start_cpu: dict[str, float] = {}
         self.start_wall = 0.0
         self.start_machine = (0, 0)
@@ -186,11 +188,14 @@ class CpuMeter:
         self.start_wall = time.monotonic()
         self.start_machine = self._machine()
 
-    def _cpu(self, pid: int) -> float:
-        try:
-            return cpu_seconds(pid)
-        except (OSError, IndexError, ValueError):
-            return 0.0
+    def _cpu(self, pids: list[int]) -> float:
+        total = 0.0
+        for pid in pids:
+            try:
+                total += cpu_seconds(pid)
+            except (OSError, IndexError, ValueError):
+                pass
+        return total
 
     def end(self) -> dict[str, float]:
         wall = max(1e-6, time.monotonic() - self.start_wall)
@@ -317,8 +322,8 @@ async def run_match(job: dict[str, Any]) -> dict[str, Any]:
                 future.set_result(frame)
 
     log(f"connecting {len(job['astrologers'])} astrologers and {len(job['users'])} users")
-    astrologers = await open_bots(job["ws_url"], tokens, [(a, "astrologer") for a in job["astrologers"]], frames)
-    users = await open_bots(job["ws_url"], tokens, [(u, "user") for u in job["users"]], frames)
+    astrologers = await open_bots(job["ws_urls"], tokens, [(a, "astrologer") for a in job["astrologers"]], frames)
+    users = await open_bots(job["ws_urls"], tokens, [(u, "user") for u in job["users"]], frames)
     for bot in astrologers:
         bot.listen(on_astrologer)
     for bot in users:
@@ -384,6 +389,7 @@ async def run_match(job: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "users": len(users),
         "astrologers": len(astrologers),
+        "gateways": len(job["ws_urls"]),
         "capacity": job["capacity"],
         "match_cycles_per_s": round(max_rate, 1),
         "gateway_frames_per_s": round(frames_closed / elapsed),
@@ -475,13 +481,13 @@ async def run_sockets(job: dict[str, Any]) -> dict[str, Any]:
     tokens = Tokens(job["secret"], 3600, 3600)
     frames = Frames()
     loop = asyncio.get_running_loop()
-    gateway_pid = job["pids"]["gateway"]
+    (gateway_pid,) = job["pids"]["gateway"]  # one gateway process: its sockets and RSS
     result: dict[str, Any] = {"nofile_load_generator": limit}
 
     # 1. Idle sockets: RSS of the gateway before and after.
     rss_before = rss_kib(gateway_pid)
     started = time.perf_counter()
-    idle = await open_bots(job["ws_url"], tokens, [(u, "user") for u in job["idle_users"]], frames, spread=True)
+    idle = await open_bots([job["ws_url"]], tokens, [(u, "user") for u in job["idle_users"]], frames, spread=True)
     connect_s = time.perf_counter() - started
     await asyncio.sleep(job.get("settle_s", 2.0))
     rss_after = rss_kib(gateway_pid)
@@ -549,7 +555,7 @@ async def run_sockets(job: dict[str, Any]) -> dict[str, Any]:
         bot.state = Waiter()
         bot.listen(on_waiter)
     astrologers = await open_bots(
-        job["ws_url"], tokens, [(a, "astrologer") for a in job["astrologers"]], frames
+        [job["ws_url"]], tokens, [(a, "astrologer") for a in job["astrologers"]], frames
     )
     for bot in astrologers:
         bot.listen(on_astrologer)

@@ -51,6 +51,11 @@ def _cpu(cpu: dict[str, float] | None) -> str:
     return ", ".join(f"{n} {cpu[n]:.0f}%" for n in names if n in cpu)
 
 
+def _gateways(match: dict[str, Any]) -> str:
+    count = match.get("gateways", 1)
+    return f", {count} gateway processes" if count > 1 else ""
+
+
 def render(results: dict[str, Any]) -> str:
     quick = bool(results.get("quick"))
     m = results["machine"]
@@ -78,13 +83,14 @@ def render(results: dict[str, Any]) -> str:
     ratio = frames / echo if frames and echo else None
     rows.append((
         f"throughput: complete match cycles/s ({_n(match.get('users'))} users, "
-        f"{_n(match.get('astrologers'))} auto-accepting astrologers x capacity {_n(match.get('capacity'))})",
+        f"{_n(match.get('astrologers'))} auto-accepting astrologers x capacity {_n(match.get('capacity'))}"
+        f"{_gateways(match)})",
         _n(cycles, 1),
         f">= {TARGET_CYCLES_PER_S:,}",
         _verdict(None if cycles is None else cycles >= TARGET_CYCLES_PER_S, quick),
     ))
     rows.append((
-        "throughput: gateway frames in+out/s (ratio to echo ceiling)",
+        f"throughput: gateway frames in+out/s{_gateways(match)} (ratio to echo ceiling)",
         f"{_n(frames)} ({_n(ratio, 2)}x)" if frames else "n/a",
         f">= {TARGET_FRAMES_RATIO}x echo",
         _verdict(None if ratio is None else ratio >= TARGET_FRAMES_RATIO, quick),

@@ -71,6 +71,8 @@ class Service:
     metrics_port: int = field(default_factory=free_port)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="astroq-bench-run-")))
     processes: dict[str, Process] = field(default_factory=dict)
+    gateways: int = 1  # `astroq serve` processes, each on its own port, as behind a load balancer
+    extra_ports: list[int] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
@@ -79,6 +81,15 @@ class Service:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def ws_urls(self) -> list[str]:
+        """Every gateway's WebSocket URL; the first is `ws_url`."""
+        return [f"ws://127.0.0.1:{port}/ws" for port in [self.port, *self.extra_ports]]
+
+    @property
+    def gateway_names(self) -> list[str]:
+        return ["serve", *(f"serve{i + 2}" for i in range(len(self.extra_ports)))]
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -101,19 +112,23 @@ class Service:
         )
         return env
 
-    def _spawn(self, command: str) -> Process:
-        log_path = self.workdir / f"{command}.log"
+    def _spawn(self, command: str, name: str | None = None, port: int | None = None) -> Process:
+        name = name or command
+        log_path = self.workdir / f"{name}.log"
         log = open(log_path, "wb")
+        env = self.env()
+        if port is not None:
+            env["ASTROQ_PORT"] = str(port)
         # The working directory is empty so that no stray `.env` changes the settings.
         popen = subprocess.Popen(
             [sys.executable, "-m", "bench.launch", command],
             cwd=self.workdir,
-            env=self.env(),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        process = Process(command, popen, log_path, log)
-        self.processes[command] = process
+        process = Process(name, popen, log_path, log)
+        self.processes[name] = process
         return process
 
     def start(self) -> None:
@@ -121,8 +136,10 @@ class Service:
         matcher = self._spawn("matcher")
         self._wait(matcher, f"http://127.0.0.1:{self.metrics_port}/healthz", b'"leader":1')
         self._wait_alive()
-        gateway = self._spawn("serve")
-        self._wait(gateway, f"{self.base_url}/readyz", None)
+        self.extra_ports = [free_port() for _ in range(self.gateways - 1)]
+        for name, port in zip(self.gateway_names, [self.port, *self.extra_ports]):
+            gateway = self._spawn("serve", name, port)
+            self._wait(gateway, f"http://127.0.0.1:{port}/readyz", None)
 
     def _wait_alive(self) -> None:
         """The leader is up; wait until its rebuild of live state has finished too."""
@@ -159,7 +176,7 @@ class Service:
         return self.processes[name].pid
 
     def stop(self) -> None:
-        for name in ("serve", "matcher"):
+        for name in (*self.gateway_names, "matcher"):
             if name in self.processes:
                 self.processes[name].stop()
 

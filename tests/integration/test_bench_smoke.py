@@ -27,7 +27,8 @@ def test_quick_bench_completes_with_every_key(store_urls: tuple[str, str]) -> No
     database_url, redis_url = store_urls
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASTROQ_")}
     out = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json",
+        # Two gateways in the match phase: the bots take turns between them.
+        [sys.executable, "-m", "bench", "--quick", "--json", "--gateways", "2",
          "--database-url", database_url, "--redis-url", redis_url],
         cwd=ROOT,
         env=env,
@@ -41,3 +42,5 @@ def test_quick_bench_completes_with_every_key(store_urls: tuple[str, str]) -> No
     assert not missing, missing
     for key in ("request_to_offer_ms", "request_to_assigned_ms"):
         assert {"p50", "p95", "p99"} <= set(report[key]), report[key]
+    match = report["details"]["match"]
+    assert match["gateways"] == 2 and match["match_cycles_per_s"] > 0, match
