@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 import uuid
 from collections import deque
@@ -22,8 +23,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import hiredis
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from matcher.journal import FANOUT_ACCOUNT, frame_message
@@ -115,6 +118,12 @@ class Connection:
         self.early.clear()
 
 
+# Scripts wait for a batch in flight to return rather than go out on a connection of
+# their own: under load the batches grow, and Redis and this process each make one
+# read and one write per batch.
+MAX_BATCHES_IN_FLIGHT = 2
+
+
 class ScriptBatcher:
     """Sends the scripts that sockets call in one turn of the event loop as one pipeline.
 
@@ -126,12 +135,18 @@ class ScriptBatcher:
     (scripts of different clients were never ordered relative to each other), and
     a failure reaches the caller as the same exception a direct call would raise.
 
+    The batch is packed by hiredis and its replies read from a pooled connection
+    under one deadline for the whole batch: redis-py's pipeline would arm and
+    cancel a timer for every reply, and build each command in Python, which made
+    a script cost 2.4 times as much CPU here (bench: 18 against 7.7 µs).
+
     It stands in for the Redis client where matcher/store.py's Script uses one
     (`evalsha`, `script_load`); anything else goes straight through.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, timeout_s: float = 10.0) -> None:
         self.redis = redis
+        self.timeout_s = timeout_s  # a paused Redis fails the batch, as a socket timeout would
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -144,23 +159,47 @@ class ScriptBatcher:
     def evalsha(self, sha: str, numkeys: int, *args: Any) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if not self._pending:
+        if not self._pending and len(self._sending) < MAX_BATCHES_IN_FLIGHT:
             loop.call_soon(self._flush)
-        self._pending.append(((sha, numkeys, *args), future))
+        self._pending.append((("EVALSHA", sha, numkeys, *args), future))
         return future
 
     def _flush(self) -> None:
+        if not self._pending or len(self._sending) >= MAX_BATCHES_IN_FLIGHT:
+            return  # a batch in flight takes the rest when it returns
         batch, self._pending = self._pending, []
         task = asyncio.create_task(self._send(batch))
         self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._flush()
+
+    async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            results: list[Any] = []
+            async with asyncio.timeout(self.timeout_s):
+                await conn.send_packed_command(
+                    b"".join(hiredis.pack_command(command) for command in commands), check_health=False
+                )
+                for _ in commands:
+                    try:
+                        results.append(await conn.read_response(timeout=math.inf))
+                    except ResponseError as error:  # one script's error; the rest still come
+                        results.append(error)
+            return results
+        except BaseException:
+            await conn.disconnect(nowait=True)  # replies may be left unread: never reuse it
+            raise
+        finally:
+            await pool.release(conn)
 
     async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for args, _ in batch:
-            pipe.evalsha(*args)
         try:
-            results = await pipe.execute(raise_on_error=False)
+            results = await self._exchange([command for command, _ in batch])
         except BaseException as exc:  # the whole batch failed (connection lost, cancelled)
             for _, future in batch:
                 if not future.done():

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from matcher.aio import REDIS_DOWN
 from matcher.journal import FANOUT_ACCOUNT
 from matcher.keys import Keys
 from matcher.positions import FANOUT_PER_PASS, Positions
@@ -81,6 +82,26 @@ async def test_the_gateways_batched_scripts_come_back_after_script_flush(
     released, unknown = replies
     assert released is None and isinstance(unknown, NoScriptError)
     assert await store.enqueue("u2", b"frame-4", "g1", 1000) == b"frame-4"  # u2's was released
+
+
+async def test_a_batch_that_redis_does_not_answer_fails_within_its_deadline_and_the_next_works(
+    live: tuple[Redis, Keys],
+) -> None:
+    redis, keys = live
+    batcher = ScriptBatcher(redis, timeout_s=0.3)
+    store = Store(batcher, keys)  # type: ignore[arg-type]  # as the gateway does
+    assert await store.enqueue("u1", b"frame-1", "g1", 1000) == b"frame-1"
+    await redis.execute_command("CLIENT", "PAUSE", "800", "ALL")  # Redis answers nobody
+    replies = await asyncio.gather(
+        store.next_frame("u1", "g1", 1000), store.enqueue("u2", b"frame-2", "g1", 1000),
+        return_exceptions=True,
+    )
+    assert all(isinstance(reply, REDIS_DOWN) for reply in replies), replies  # the gateway's "store away"
+    await asyncio.sleep(0.6)  # the pause is over
+    # The connection that timed out is not reused with its replies unread: the next
+    # batch hears its own replies.
+    assert await store.enqueue("u3", b"frame-3", "g1", 1000) == b"frame-3"
+    assert await store.next_frame("u3", "g1", 1000) is None
 
 
 async def test_a_long_line_hears_its_positions_in_turns_and_none_is_starved(
