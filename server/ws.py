@@ -49,10 +49,10 @@ STALL_SWEEP_S = 1.0  # how often stalled writes are looked for: a stall is seen 
 QUEUE_LOCK_MS = 10_000  # a client queue's lock outlives a crashed holder by this much
 ACK_WAIT_S = 5.0  # past this the next frame is applied anyway (the ack still comes)
 HEARTBEAT_S = 1.0
+HEARTBEAT_TTL_MS = 5_000  # a gateway silent for this long is dead: its sockets start their grace
 # A socket opened while live state is being rebuilt (a matcher starting, or Redis
 # after a data loss) waits this long for it before closing 1013.
 LIVE_STATE_WAIT_S = 5.0
-HEARTBEAT_TTL_MS = 5_000  # a gateway silent for this long is dead: its sockets start their grace
 
 
 class TokenBucket:
