@@ -1,7 +1,7 @@
 """The load generator: `python -m bench.load` reads one job (JSON) on stdin and
 prints its result (JSON) on stdout. It runs in its own process, on asyncio with
-uvloop, and drives real accounts over real WebSockets (the `websockets` client,
-compression off, as a lean app would).
+uvloop, and drives real accounts over real WebSockets (websockets' sans-I/O
+client protocol on an asyncio Protocol, compression off, as a lean app would).
 
 Jobs:
 - `echo`: pipelined frames against the bare echo server (the ceiling);
@@ -29,8 +29,12 @@ from typing import Any, Callable
 
 import orjson
 import uvloop
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage
+from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidMessage
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from bench.limits import cpu_seconds, raise_nofile, rss_kib
 from server.auth import Tokens, TokenType
@@ -72,46 +76,123 @@ class Frames:
         return self.sent + self.received
 
 
-class Bot:
-    """One authenticated socket and the handler its frames go to."""
+class Bot(asyncio.Protocol):
+    """One socket on websockets' sans-I/O client protocol.
 
-    __slots__ = ("id", "role", "ws", "frames", "handler", "reader", "state")
+    Frames are parsed and handed to the handler inside `data_received`: no task,
+    queue or future per frame, as the asyncio client has. The load generator
+    shares the two cores with what it measures, so its own cost per frame is kept
+    low; the echo ceiling is driven by the same client.
+    """
 
-    def __init__(self, account_id: str, role: str, ws: ClientConnection, frames: Frames) -> None:
+    def __init__(self, account_id: str, role: str, ws: ClientProtocol, frames: Frames) -> None:
         self.id = account_id
         self.role = role
         self.ws = ws
         self.frames = frames
-        self.handler: Callable[[Bot, dict[str, Any], bytes | str], Any] | None = None
-        self.reader: asyncio.Task[None] | None = None
+        self.handler: Callable[[Bot, Any, bytes], None] | None = None
+        self.parse = True
         self.state: Any = None
+        self.transport: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[bytes | None] = loop.create_future()  # the first frame
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self.expect_first_frame = True
 
-    async def send(self, text: str) -> None:
+    # -- asyncio.Protocol ---------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if isinstance(event, Response):
+                if ws.handshake_exc is not None:
+                    self._fail_open(ws.handshake_exc)
+                elif not self.expect_first_frame:
+                    self.opened.set_result(None)
+            elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                data = bytes(event.data)
+                self.frames.received += 1
+                if not self.opened.done():
+                    self.opened.set_result(data)
+                elif self.handler is not None:
+                    self.handler(self, orjson.loads(data) if self.parse else None, data)
+        self._flush()  # pongs and the reply to a close
+
+    def eof_received(self) -> None:
+        self.ws.receive_eof()
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail_open(exc or ConnectionError("closed before it opened"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    # -- use ----------------------------------------------------------------------
+    def send(self, text: str) -> None:
+        if self.lost.done() or self.ws.state is not State.OPEN:
+            raise ConnectionClosedError(None, None)
         self.frames.sent += 1
-        await self.ws.send(text)
+        self.ws.send_text(text.encode())
+        self._flush()
 
-    def listen(self, handler: Callable[["Bot", dict[str, Any], bytes | str], Any]) -> None:
+    def listen(self, handler: Callable[["Bot", Any, bytes], None], parse: bool = True) -> None:
+        """Each frame from now on goes to `handler(bot, frame, raw)`; `frame` is the parsed
+        JSON, or None without `parse` (the echo only counts them)."""
         self.handler = handler
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        frames = self.frames
-        try:
-            async for raw in self.ws:
-                frames.received += 1
-                result = self.handler(self, orjson.loads(raw), raw)  # type: ignore[misc]
-                if result is not None:
-                    await result
-        except ConnectionClosed:
-            pass
+        self.parse = parse
 
     async def close(self) -> None:
-        if self.reader is not None:
-            self.reader.cancel()
+        if not self.lost.done() and self.ws.state is State.OPEN:
+            self.ws.send_close()
+            self._flush()
         try:
-            await asyncio.wait_for(self.ws.close(), 5)
-        except (asyncio.TimeoutError, OSError, ConnectionClosed):
+            await asyncio.wait_for(asyncio.shield(self.lost), 5)
+        except asyncio.TimeoutError:
             pass
+        if self.transport is not None:
+            self.transport.close()
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()  # the protocol half-closes after a close
+
+    def _fail_open(self, exc: BaseException) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc)
+
+
+async def open_bot(
+    url: str, account_id: str, role: str, frames: Frames, token: str | None = None,
+    local_addr: tuple[str, int] | None = None,
+) -> Bot:
+    """Connects; with a token (Authorization on the handshake), waits for `ready`."""
+    uri = parse_uri(url)
+    ws = ClientProtocol(uri)
+    request = ws.connect()
+    if token is not None:
+        request.headers["Authorization"] = f"Bearer {token}"
+    ws.send_request(request)
+    bot = Bot(account_id, role, ws, frames)
+    bot.expect_first_frame = token is not None
+    loop = asyncio.get_running_loop()
+    await loop.create_connection(lambda: bot, uri.host, uri.port, local_addr=local_addr)
+    try:
+        first = await asyncio.wait_for(asyncio.shield(bot.opened), 30)
+    except BaseException:
+        await bot.close()
+        raise
+    if token is not None and (first is None or orjson.loads(first).get("type") != "ready"):
+        await bot.close()
+        raise RuntimeError(f"expected ready, got {first!r}")
+    return bot
 
 
 async def open_bots(
@@ -124,32 +205,19 @@ async def open_bots(
 
     async def one(index: int, account_id: str, role: str) -> None:
         token = tokens.issue(account_id, role, TokenType.ACCESS).token
-        extra: dict[str, Any] = {}
-        if spread:
-            extra["local_addr"] = (f"127.0.0.{2 + index % LOCAL_ADDRESSES}", 0)
+        local_addr = (f"127.0.0.{2 + index % LOCAL_ADDRESSES}", 0) if spread else None
         async with gate:
             for attempt in range(5):
                 try:
-                    ws = await connect(
-                        ws_urls[index % len(ws_urls)],
-                        additional_headers={"Authorization": f"Bearer {token}"},
-                        compression=None,
-                        ping_interval=None,
-                        open_timeout=30,
-                        max_queue=64,
-                        **extra,
+                    bots[index] = await open_bot(
+                        ws_urls[index % len(ws_urls)], account_id, role, frames, token, local_addr
                     )
-                    ready = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
-                    if ready.get("type") != "ready":
-                        raise RuntimeError(f"expected ready, got {ready}")
                     break
                 except (OSError, ConnectionClosed, InvalidHandshake, InvalidMessage, asyncio.TimeoutError) as exc:
                     if attempt == 4:
                         raise
                     log(f"connect retry {attempt + 1}: {exc!r}")
                     await asyncio.sleep(0.2 * (attempt + 1))
-        frames.received += 1
-        bots[index] = Bot(account_id, role, ws, frames)
 
     await asyncio.gather(*(one(i, aid, role) for i, (aid, role) in enumerate(accounts)))
     return [bot for bot in bots if bot is not None]
@@ -160,7 +228,7 @@ async def call(bot: Bot, frame: dict[str, Any], replies: dict[str, asyncio.Futur
     ref = f"c{id(frame)}{time.perf_counter_ns()}"
     future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     replies[ref] = future
-    await bot.send(orjson.dumps({**frame, "ref": ref}).decode())
+    bot.send(orjson.dumps({**frame, "ref": ref}).decode())
     return await asyncio.wait_for(future, CYCLE_TIMEOUT_S)
 
 
@@ -221,36 +289,28 @@ async def run_echo(job: dict[str, Any]) -> dict[str, Any]:
     ).decode()
     counted = {"echoed": 0}
     recording = {"on": False}
-    stop = asyncio.Event()
+    stopping = {"on": False}
+    frames = Frames()
 
-    async def one() -> None:
-        ws = await connect(url, compression=None, ping_interval=None, max_queue=None)
-        credit = asyncio.Semaphore(window)
+    def echoed(bot: Bot, frame: Any, raw: bytes) -> None:
+        if recording["on"]:
+            counted["echoed"] += 1
+        if not stopping["on"]:
+            bot.send(payload)  # the echo returned this one's credit
 
-        async def reader() -> None:
-            async for _ in ws:
-                if recording["on"]:
-                    counted["echoed"] += 1
-                credit.release()
-
-        task = asyncio.create_task(reader())
-        try:
-            while not stop.is_set():
-                await credit.acquire()
-                await ws.send(payload)
-        finally:
-            task.cancel()
-            await ws.close()
-
-    tasks = [asyncio.create_task(one()) for _ in range(sockets)]
+    bots = await asyncio.gather(*(open_bot(url, f"echo-{i}", "echo", frames) for i in range(sockets)))
+    for bot in bots:
+        bot.listen(echoed, parse=False)
+        for _ in range(window):
+            bot.send(payload)
     await asyncio.sleep(job.get("warmup_s", 1.0))
     recording["on"] = True
     started = time.perf_counter()
     await asyncio.sleep(duration)
     recording["on"] = False
     elapsed = time.perf_counter() - started
-    stop.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    stopping["on"] = True
+    await asyncio.gather(*(bot.close() for bot in bots))
     echoes = counted["echoed"] / elapsed
     return {"echoes_per_s": round(echoes), "frames_per_s": round(2 * echoes), "sockets": sockets, "window": window}
 
@@ -306,14 +366,14 @@ async def run_match(job: dict[str, Any]) -> dict[str, Any]:
                 if future is not None and not future.done():
                     future.set_exception(RuntimeError(frame["code"]))
 
-    async def on_astrologer(bot: Bot, frame: dict[str, Any], raw: Any) -> None:
+    def on_astrologer(bot: Bot, frame: dict[str, Any], raw: Any) -> None:
         kind = frame["type"]
         if kind == "offer":
             if state.recording:
                 sent = state.sent_at.get(frame["user"]["id"])
                 if sent is not None:
                     state.to_offer.append(time.perf_counter() - sent)
-            await bot.send('{"type":"accept","offer_id":"%s"}' % frame["offer_id"])
+            bot.send('{"type":"accept","offer_id":"%s"}' % frame["offer_id"])
         elif kind in ("ack", "error"):
             if kind == "error":
                 state.errors[frame["code"]] += 1
@@ -345,12 +405,12 @@ async def run_match(job: dict[str, Any]) -> dict[str, Any]:
         state.sent_at[bot.id] = started
         stage = "assigned"
         try:
-            await bot.send(REQUEST)
+            bot.send(REQUEST)
             session_id, assigned_at = await asyncio.wait_for(us.assigned, CYCLE_TIMEOUT_S)
             if state.recording:
                 state.to_assigned.append(assigned_at - started)
             stage = "session_ended"
-            await bot.send('{"type":"end","session_id":"%s"}' % session_id)
+            bot.send('{"type":"end","session_id":"%s"}' % session_id)
             await asyncio.wait_for(us.ended, CYCLE_TIMEOUT_S)
         except (asyncio.TimeoutError, RuntimeError, ConnectionClosed) as exc:
             state.errors[f"no {stage}: {type(exc).__name__} {exc}".strip()] += 1
@@ -530,16 +590,16 @@ async def run_sockets(job: dict[str, Any]) -> dict[str, Any]:
     async def end_later(bot: Bot, session_id: str) -> None:
         await asyncio.sleep(job["hold_s"])
         try:
-            await bot.send('{"type":"end","session_id":"%s"}' % session_id)
+            bot.send('{"type":"end","session_id":"%s"}' % session_id)
         except ConnectionClosed:
             pass
 
-    async def on_astrologer(bot: Bot, frame: dict[str, Any], raw: Any) -> None:
+    def on_astrologer(bot: Bot, frame: dict[str, Any], raw: Any) -> None:
         kind = frame["type"]
         if counted["on"]:
             counted["astrologers"] += 1
         if kind == "offer":
-            await bot.send('{"type":"accept","offer_id":"%s"}' % frame["offer_id"])
+            bot.send('{"type":"accept","offer_id":"%s"}' % frame["offer_id"])
         elif kind == "assigned":
             if counted["on"]:
                 matched["n"] += 1
@@ -576,7 +636,7 @@ async def run_sockets(job: dict[str, Any]) -> dict[str, Any]:
     for index, bot in enumerate(waiting):
         await in_flight.acquire()
         bot.state.queued = loop.create_future()
-        await bot.send(REQUEST)
+        bot.send(REQUEST)
         joins.append(asyncio.create_task(join(bot)))
         ahead = began + (index + 1) / job["request_rate"] - loop.time()
         if ahead > 0:
