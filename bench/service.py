@@ -72,7 +72,10 @@ class Service:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="astroq-bench-run-")))
     processes: dict[str, Process] = field(default_factory=dict)
     gateways: int = 1  # `astroq serve` processes, each on its own port, as behind a load balancer
-    extra_ports: list[int] = field(default_factory=list)
+    ports: list[int] = field(init=False)  # every gateway's; the first is `port`
+
+    def __post_init__(self) -> None:
+        self.ports = [self.port, *(free_port() for _ in range(self.gateways - 1))]
 
     @property
     def base_url(self) -> str:
@@ -85,11 +88,11 @@ class Service:
     @property
     def ws_urls(self) -> list[str]:
         """Every gateway's WebSocket URL; the first is `ws_url`."""
-        return [f"ws://127.0.0.1:{port}/ws" for port in [self.port, *self.extra_ports]]
+        return [f"ws://127.0.0.1:{port}/ws" for port in self.ports]
 
     @property
     def gateway_names(self) -> list[str]:
-        return ["serve", *(f"serve{i + 2}" for i in range(len(self.extra_ports)))]
+        return ["serve", *(f"serve{i}" for i in range(2, len(self.ports) + 1))]
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -136,8 +139,7 @@ class Service:
         matcher = self._spawn("matcher")
         self._wait(matcher, f"http://127.0.0.1:{self.metrics_port}/healthz", b'"leader":1')
         self._wait_alive()
-        self.extra_ports = [free_port() for _ in range(self.gateways - 1)]
-        for name, port in zip(self.gateway_names, [self.port, *self.extra_ports]):
+        for name, port in zip(self.gateway_names, self.ports):
             gateway = self._spawn("serve", name, port)
             self._wait(gateway, f"http://127.0.0.1:{port}/readyz", None)
 

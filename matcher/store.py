@@ -349,6 +349,3 @@ class Store:
 
     async def lines(self) -> dict[str, Any]:
         return orjson.loads(await self._match("lines"))
-
-    async def is_alive(self) -> bool:
-        return bool(await self.redis.exists(self.keys.alive))

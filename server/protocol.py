@@ -170,7 +170,7 @@ def frame_type(frame: ClientFrame) -> str:
 
 def frame_fields(frame: ClientFrame) -> dict[str, Any]:
     """The frame as a plain dict (for the sender's Redis queue)."""
-    fields = {"type": _TYPE_NAMES[type(frame)]}
+    fields = {"type": frame_type(frame)}
     fields.update({k: v for k, v in frame.__dict__.items()})
     return fields
 
