@@ -48,6 +48,11 @@ class Keys:
         return self.m("flow")
 
     @property
+    def config(self) -> str:
+        """Bumped by every admin change to live state; a rebuild watches it."""
+        return self.m("config")
+
+    @property
     def online(self) -> str:
         return self.m("online")
 

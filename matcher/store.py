@@ -251,6 +251,7 @@ class Store:
     async def set_flow(self, top_flow: str, boost: float) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.flow, mapping={"top_flow": top_flow, "boost": repr(boost)})
+        pipe.incr(self.keys.config)  # a rebuild that read the flow before this reads it again
         pipe.xadd(self.keys.outbox, {"d": b'{"m":[["nudge","",0]]}'})  # wakes the matcher
         await pipe.execute()
 

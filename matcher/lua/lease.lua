@@ -14,9 +14,14 @@ if holder then return {0, ''} end
 redis.call('SET', k('lease'), me, 'PX', ttl)
 if redis.call('EXISTS', k('fencectr')) == 0 then
   -- Redis lost its data: start above any token handed out before, so a
-  -- matcher holding an old token can never match a new one.
-  redis.call('SET', k('fencectr'), clock_ms())
+  -- matcher holding an old token can never match a new one. In microseconds:
+  -- at least one passes between the script that gave the old token and this
+  -- one, and takeovers are far rarer than one a microsecond. (Milliseconds let a
+  -- lease taken within the millisecond of the loss get the old token again.)
+  local t = redis.call('TIME')
+  redis.call('SET', k('fencectr'), t[1] .. string.format('%06d', tonumber(t[2])))
 end
-local token = tostring(redis.call('INCR', k('fencectr')))
+-- %d: tostring() would print a number this large with an exponent.
+local token = string.format('%d', redis.call('INCR', k('fencectr')))
 redis.call('SET', k('fence'), token)
 return {1, token}

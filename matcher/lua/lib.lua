@@ -22,6 +22,7 @@
 --   socks:<uid>           hash: socket id -> gateway id
 --   gws / gw:<gw> / gwsocks:<gw>  gateways, their heartbeat, their "<uid> <sock>" sockets
 --   flow                  hash: top_flow boost
+--   config                bumped by every admin change (flow, an astrologer); a rebuild watches it
 --   stretch               string: the flow algorithm's state (JSON, opaque here)
 --   etaparams             hash: avg_ms (session length EWMA), cap_general
 --   fence                 the active matcher's fencing token
