@@ -93,12 +93,34 @@ class Connection:
         if not self.ready:
             self.early.append(text)
             return
+        if not self.outbox and not self.sending_since and self._write_now(text):
+            return
         if len(self.outbox) >= SEND_QUEUE_MAX:
             # It stopped reading: close it rather than hold frames without bound.
             self.overflowed.set()
             return
         self.outbox.append(text)
         self.wakeup.set()
+
+    def _write_now(self, text: str) -> bool:
+        """Writes the frame in place, without waking the socket's sender, when the
+        socket can take it (websockets' broadcast does the same): most frames go
+        out so, and a task switch per frame was a tenth of the gateway's work.
+
+        uvicorn's sans-I/O protocol (server/cli.py pins it) waits only before it
+        writes, while the transport is over its high-water mark; such a send is
+        closed unsent and the frame queued for the sender, which may wait. A send
+        that fails (the client has gone) is queued too, so that the sender fails
+        the same way and the socket is closed as before."""
+        send = self.ws.send_text(text)
+        try:
+            send.send(None)
+        except StopIteration:
+            return True
+        except Exception:
+            return False
+        send.close()
+        return False
 
     async def room_to_answer(self) -> None:
         """Backpressure on the reader: a client that sends faster than it reads its
@@ -237,7 +259,8 @@ class Gateway:
         self.accounts: dict[str, set[Connection]] = {}
         self.admins: set[Connection] = set()
         self.drainers: dict[str, asyncio.Task[None]] = {}
-        self.pending_acks: dict[str, asyncio.Future[None]] = {}
+        self.pending_acks: dict[str, tuple[str, asyncio.Future[None]]] = {}  # op -> (account, waiter)
+        self._submitting: set[asyncio.Task[None]] = set()
         self._events_prefix = self.keys.events("").encode()
         self._admin_channel = self.keys.admin_events.encode()
         self._fanout_channel = self.keys.events(FANOUT_ACCOUNT).encode()
@@ -258,7 +281,7 @@ class Gateway:
             task.add_done_callback(log_failure)
 
     async def stop(self) -> None:
-        await cancel_and_wait([*self._tasks, *self.drainers.values()])
+        await cancel_and_wait([*self._tasks, *self._submitting, *self.drainers.values()])
         await self._pubsub.aclose()
 
     # ---- pub/sub → sockets --------------------------------------------------------
@@ -306,9 +329,9 @@ class Gateway:
         """A frame to the account's sockets held here (one when socket_id names it);
         an op it answers releases the client's next frame."""
         if op:
-            waiter = self.pending_acks.pop(op.decode(), None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            pending = self.pending_acks.pop(op.decode(), None)
+            if pending is not None and not pending[1].done():
+                pending[1].set_result(None)
         conns = self.accounts.get(account_id.decode())
         if conns:
             text = frame.decode()
@@ -469,6 +492,9 @@ class Gateway:
             group.discard(conn)
             if not group:
                 del self.accounts[conn.account_id]
+                for account_id, waiter in list(self.pending_acks.values()):
+                    if account_id == conn.account_id and not waiter.done():
+                        waiter.set_result(None)  # its ack can no longer be seen here
                 try:
                     await self._unsubscribe(conn.account_id)
                 except REDIS_DOWN:
@@ -513,6 +539,7 @@ class Gateway:
                         conn.overflowed.set()  # closing it frees its place
 
     async def _receive(self, conn: Connection) -> None:
+        loop = asyncio.get_running_loop()
         bucket = TokenBucket(self.settings.ws_rate, self.settings.ws_burst)
         # A stretch of rate_limited errors: it ends only after a second without one
         # (a token now and then must not reset it, SPEC §4: 1008 after 5 s of errors).
@@ -548,30 +575,43 @@ class Gateway:
             if isinstance(frame, protocol.Auth):
                 conn.push_frame(error_frame(InvalidInput("already authenticated"), frame.ref))
                 continue
-            # Shielded: if this socket closes mid-call, enqueue.lua may already have
-            # taken the client's queue lock; the reply must still start the drainer.
-            await asyncio.shield(self._submit(conn, frame, received))
+            # The frame's own task enqueues it and drains the client's queue when it
+            # takes the free lock; the receiver waits for the enqueue only, so this
+            # socket's frames reach the queue in order. Should the socket close
+            # meanwhile, the task goes on: enqueue.lua may have taken the lock.
+            enqueued = loop.create_future()
+            task = asyncio.create_task(self._submit(conn, frame, received, enqueued))
+            self._submitting.add(task)
+            task.add_done_callback(self._submitting.discard)
+            task.add_done_callback(log_failure)
+            await enqueued
 
     # ---- per-client queues ---------------------------------------------------------
-    async def _submit(self, conn: Connection, frame: protocol.ClientFrame, received: float) -> None:
-        item = orjson.dumps(
-            {
-                "op": f"{self.id}.{next(self._ops):x}",  # unique among gateways
-                "sock": conn.id,
-                "uid": conn.account_id,
-                "role": conn.role.value,
-                "name": conn.name,
-                "t": received,
-                "f": protocol.frame_fields(frame),
-            }
-        )
+    async def _submit(
+        self, conn: Connection, frame: protocol.ClientFrame, received: float, enqueued: asyncio.Future[None]
+    ) -> None:
         try:
+            item = orjson.dumps(
+                {
+                    "op": f"{self.id}.{next(self._ops):x}",  # unique among gateways
+                    "sock": conn.id,
+                    "uid": conn.account_id,
+                    "role": conn.role.value,
+                    "name": conn.name,
+                    "t": received,
+                    "f": protocol.frame_fields(frame),
+                }
+            )
             first = await self.store.enqueue(conn.account_id, item, self.id, QUEUE_LOCK_MS)
         except REDIS_DOWN:
             conn.push_frame(error_frame(Unavailable(), getattr(frame, "ref", None)))
             return
+        finally:
+            if not enqueued.done():  # done: the receiver was cancelled, and no longer waits
+                enqueued.set_result(None)
         if first is not None:
-            self._start_drainer(conn.account_id, first)
+            self.drainers[conn.account_id] = asyncio.current_task()  # type: ignore[assignment]
+            await self._drain(conn.account_id, first)
         elif conn.account_id not in self.drainers:
             # Another gateway holds this client's queue and drains it; should it
             # have died holding the lock, pick the queue up once the lock lapses.
@@ -579,13 +619,9 @@ class Gateway:
                 QUEUE_LOCK_MS / 1000 + 0.1, self._adopt_queue, conn.account_id
             )
 
-    def _start_drainer(self, account_id: str, first: bytes | None) -> None:
-        task = asyncio.create_task(self._drain(account_id, first))
-        self.drainers[account_id] = task
-
     def _adopt_queue(self, account_id: str) -> None:
         if account_id not in self.drainers and account_id in self.accounts:
-            self._start_drainer(account_id, None)
+            self.drainers[account_id] = asyncio.create_task(self._drain(account_id, None))
 
     async def _drain(self, account_id: str, item: bytes | None) -> None:
         try:
@@ -609,7 +645,7 @@ class Gateway:
         ref = getattr(frame, "ref", None)
         frame_type = protocol.frame_type(frame)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending_acks[op] = waiter
+        self.pending_acks[op] = (uid, waiter)
         try:
             await self._call(frame, uid, role, data["name"], socket_id, op)
         except AstroqError as error:
@@ -625,12 +661,16 @@ class Gateway:
     async def _await_ack(self, uid: str, op: str, waiter: asyncio.Future[None]) -> None:
         """Holds the client's next frame until this one's ack is out (one at a time, in
         order), but not when the ack cannot be seen here: once the account's last
-        socket on this gateway is gone, so is its subscription."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ACK_WAIT_S
-        while not waiter.done() and uid in self.accounts and loop.time() < deadline:
-            await asyncio.wait([waiter], timeout=min(0.1, deadline - loop.time()))
-        self.pending_acks.pop(op, None)
+        socket on this gateway is gone, so is its subscription (_unregister then
+        ends the wait)."""
+        try:
+            if uid in self.accounts:
+                async with asyncio.timeout(ACK_WAIT_S):
+                    await waiter
+        except TimeoutError:
+            pass
+        finally:
+            self.pending_acks.pop(op, None)
 
     async def _call(
         self, frame: protocol.ClientFrame, uid: str, role: str, name: str, socket_id: str, op: str

@@ -242,3 +242,40 @@ async def test_a_burst_larger_than_the_send_queue_is_answered_too(service_factor
     await asyncio.sleep(0.2)
     await page.send({"type": "ping"})
     assert (await page.wait_for("pong"))["type"] == "pong"
+
+
+async def test_a_client_that_pauses_reading_gets_every_answer_once_in_order(
+    service_factory: Factory,
+) -> None:
+    """Frames are written in place while the socket takes them and queued once it
+    does not (server/ws.py: Connection.push). A client that stops reading long enough
+    for every buffer to fill, then reads again, gets each answer once and in order."""
+    service = await service_factory(ws_rate=1e6, ws_burst=1e6)
+    account = await service.user("pausing")
+    paused_ws = await non_reading_socket(service)
+    paused = Client(paused_ws, account)
+    service.clients.append(paused)
+    await paused.send({"type": "auth", "token": account.token})
+    assert (await paused.next())["type"] == "ready"
+
+    pong_bytes = len(orjson.dumps({"type": "pong", "ref": "0" * 64}))
+    frames = flood_frames() * REPLY_BYTES // pong_bytes  # more than every buffer holds
+    refs = [f"{n:064d}" for n in range(frames)]
+
+    async def send_all() -> None:
+        for start in range(0, frames, BATCH):
+            for ref in refs[start : start + BATCH]:
+                await paused_ws.send(orjson.dumps({"type": "ping", "ref": ref}).decode())
+            await asyncio.sleep(0)
+
+    sender = asyncio.create_task(send_all())
+    try:
+        # Meanwhile the answers outgrow the kernel's buffers and the transport's,
+        # so the server queues them, then stops reading this client.
+        await asyncio.sleep(1.0)
+        received = [orjson.loads(await asyncio.wait_for(paused_ws.recv(), 10.0))["ref"] for _ in refs]
+        await sender
+        assert received == refs
+    finally:
+        sender.cancel()
+        paused_ws.transport.abort()
