@@ -2,8 +2,8 @@
 
 The active matcher's loop is thin and event-driven: it blocks on the outbox
 stream (every state change appends to it) or until the next deadline, then
-1. ends what is due (offers, graces, max waits: timers.lua) and takes a fresh
-   snapshot (snapshot.lua), on one round trip,
+1. ends what is due (offers, graces, max waits: timers.lua) and, when anything
+   changed, takes a fresh snapshot (snapshot.lua), on the read's round trip,
 2. asks the pure flow algorithm for a decision and commits it atomically
    (flow.decide, commit.lua), reading the outbox past it on the same round trip,
 3. persists what was committed, the decision with the changes it answered, and
@@ -218,35 +218,36 @@ class Matcher:
                     block_s = min(block_s, max(0.0, positions_due - clock))
                 if stats_dirty:
                     block_s = min(block_s, max(0.0, stats_due - clock))
-                if must_decide:
-                    block_s = 0.0
-                alive, entries = await self.store.alive_and_outbox(
-                    last_id, max(1, int(block_s * 1000))
+                # A change may have brought a deadline (a grace, an offer): the timers
+                # run before every decision, on the read's round trip, and the snapshot
+                # is taken only when something changed (or a decision is owed).
+                turn = await self.store.turn(
+                    last_id,
+                    None if must_decide else max(1, int(block_s * 1000)),
+                    self.token,
+                    self.settings.max_missed,
+                    500,
+                    GENERAL_LOOKAHEAD,
+                    always_snapshot=must_decide,
                 )
-                if not alive:
+                if not turn.alive:
                     await self._rebuild()
                     last_id = "0-0"
                     positions_dirty = stats_dirty = must_decide = True
                     continue
-                changed, must_decide = must_decide or bool(entries), False
-                timers_due = changed or now_ms() >= next_due_ms
-                if changed:
-                    # A change may have brought a deadline (a grace, an offer): the
-                    # timers run before every decision, on the same round trip.
-                    (due_in_ms, more), data = await self.store.timers_and_snapshot(
-                        self.token, self.settings.max_missed, 500, GENERAL_LOOKAHEAD
-                    )
-                elif timers_due:
-                    due_in_ms, more = await self.store.timers(self.token, self.settings.max_missed, 500)
-                if timers_due:
-                    # Redis' clock sets the deadlines; only the distance is used here,
-                    # so a skewed local clock cannot make timers fire early or late.
-                    if more:
-                        due_in_ms = 0
-                    elif due_in_ms < 0:
-                        due_in_ms = int(MAX_BLOCK_S * 1000)
-                    next_due_ms = now_ms() + due_in_ms
-                if changed:
+                entries, data = turn.entries, turn.snapshot
+                # Entries without a snapshot only if another process trimmed the outbox
+                # between the two reads: decide on the next turn all the same.
+                must_decide = data is None and bool(entries)
+                # Redis' clock sets the deadlines; only the distance is used here,
+                # so a skewed local clock cannot make timers fire early or late.
+                due_in_ms, more = turn.timers
+                if more:
+                    due_in_ms = 0
+                elif due_in_ms < 0:
+                    due_in_ms = int(MAX_BLOCK_S * 1000)
+                next_due_ms = now_ms() + due_in_ms
+                if data is not None:
                     # What the timers and the decision just committed joins this batch:
                     # one PostgreSQL commit carries a request and the offer it got, so
                     # the offer does not wait for a second fsync. Frames still go out

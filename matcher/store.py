@@ -70,6 +70,14 @@ class Fenced(Exception):
 
 
 @dataclass(frozen=True)
+class Turn:
+    alive: bool
+    entries: list[Any]
+    timers: tuple[int, bool]  # ms until the next due time or -1, more already due
+    snapshot: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class LeaseState:
     held: bool
     token: str
@@ -282,29 +290,34 @@ class Store:
 
     # The matcher's turn in fewer round trips: on a busy machine every one is a
     # wake-up of Redis and of the matcher, each waiting for a core.
-    async def alive_and_outbox(self, after: str, block_ms: int) -> tuple[bool, list[Any]]:
-        """The outbox entries after `after` (waiting up to block_ms for one), and
-        whether live state is there once the wait is over. Asked before the wait,
-        the answer could be 250 ms old when it says "lost": by then a standby may
-        have rebuilt and be matching, and a second rebuild would wipe its offers
-        out of Redis while they still went to PostgreSQL."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xread({self.keys.outbox: after}, count=OUTBOX_BATCH, block=block_ms)
-        pipe.exists(self.keys.alive)
-        reply, alive = await pipe.execute()
-        return bool(alive), _entries(reply)
-
     async def outbox(self, after: str) -> list[Any]:
         return _entries(await self.redis.xread({self.keys.outbox: after}, count=OUTBOX_BATCH))
 
-    async def timers_and_snapshot(
-        self, token: str, max_missed: int, limit: int, extra_general: int
-    ) -> tuple[tuple[int, bool], dict[str, Any]]:
-        """timers(), then snapshot() of what they left."""
-        timers, snapshot = await self._pipelined(
-            [("timers", [token, max_missed, limit]), ("snapshot", [token, extra_general])]
+    async def turn(
+        self,
+        after: str,
+        block_ms: int | None,
+        token: str,
+        max_missed: int,
+        limit: int,
+        extra_general: int,
+        always_snapshot: bool,
+    ) -> Turn:
+        """The matcher's turn, read in one round trip: the outbox entries after `after`
+        (waiting up to block_ms for one; None: not at all), whether live state is
+        there once the wait is over, then timers() and a snapshot() of what they
+        left. The snapshot is None when nothing was appended after `after`, unless
+        `always_snapshot`. Redis runs the commands behind a blocked XREAD as soon as
+        it returns, so the matcher wakes with its snapshot in hand."""
+        snapshot_args = [token, extra_general] + ([] if always_snapshot else [after])
+        read, alive, timers, snapshot = await self._pipelined(
+            [("timers", [token, max_missed, limit]), ("snapshot", snapshot_args)],
+            read_before=(after, block_ms),
         )
-        return _timers_reply(timers), _snapshot_reply(snapshot)
+        if not alive:
+            return Turn(False, _entries(read), (-1, False), None)
+        data = _check(snapshot)[1]
+        return Turn(True, _entries(read), _timers_reply(timers), orjson.loads(data) if data else None)
 
     async def commit_and_outbox(
         self,
@@ -322,20 +335,30 @@ class Store:
         return int(_check(replies[0])[1]), (_entries(replies[1]) if after is not None else [])
 
     async def _pipelined(
-        self, calls: list[tuple[str, list[Any]]], read_after: str | None = None
+        self,
+        calls: list[tuple[str, list[Any]]],
+        read_after: str | None = None,
+        read_before: tuple[str, int | None] | None = None,
     ) -> list[Any]:
         """Match-slot scripts in one round trip, in order, then (with read_after) the
-        outbox entries after it. If Redis has forgotten a script, the lot goes again
-        once it is loaded: a script refused that way did not run, and the ones before
-        it may run twice, so only idempotent scripts (timers) may come before another."""
+        outbox entries after it; with read_before (an entry id, a wait in ms), the
+        outbox entries after it and whether live state is there come first. If Redis
+        has forgotten a script, the lot goes again once it is loaded: a script refused
+        that way did not run, and the ones before it may run twice, so only idempotent
+        scripts (timers) may come before another."""
         for attempt in range(2):
             pipe = self.redis.pipeline(transaction=False)
+            if read_before is not None:
+                after, block_ms = read_before
+                pipe.xread({self.keys.outbox: after}, count=OUTBOX_BATCH, block=block_ms)
+                pipe.exists(self.keys.alive)
             for name, args in calls:
                 pipe.evalsha(self._scripts[name].sha, 1, self.keys.match, *args)
             if read_after is not None:
                 pipe.xread({self.keys.outbox: read_after}, count=OUTBOX_BATCH)
             replies = await pipe.execute(raise_on_error=False)
-            missing = [name for (name, _), r in zip(calls, replies) if isinstance(r, NoScriptError)]
+            scripts = replies[2:] if read_before is not None else replies
+            missing = [name for (name, _), r in zip(calls, scripts) if isinstance(r, NoScriptError)]
             if not missing or attempt:
                 break
             for name in missing:

@@ -1,11 +1,18 @@
 -- snapshot.lua: what the flow algorithm needs for one decision, read atomically.
 -- KEYS[1] match base
 -- ARGV[1] fencing token  ARGV[2] extra general requests to read beyond the free slots
+-- ARGV[3] (optional) an outbox entry id: read nothing unless the outbox holds a later entry
 -- Returns {'ok', JSON} with JSON = {astrologers: [[id, weight, capacity, load, is_top,
 -- flow_enabled, idle_ms]], general: [[rid, seq, [excluded]]], direct: {aid: [[rid, seq, []]]},
--- top_flow, boost, stretch}; or {'err', 'fenced' | 'unavailable'}.
+-- top_flow, boost, stretch}; {'ok', ''} when nothing changed after ARGV[3];
+-- or {'err', 'fenced' | 'unavailable'}.
 if redis.call('GET', k('fence')) ~= ARGV[1] then return err('fenced') end
 if not require_alive() then return err('unavailable') end
+-- Every change appends to the outbox, so an outbox with nothing after the matcher's
+-- last read means the last decision still holds (the matcher asks on each wake-up).
+if ARGV[3] and #redis.call('XREVRANGE', k('outbox'), '+', '(' .. ARGV[3], 'COUNT', 1) == 0 then
+  return {'ok', ''}
+end
 local astrologers, direct = {}, {}
 local free_total = 0
 for _, aid in ipairs(redis.call('SMEMBERS', k('online'))) do

@@ -54,11 +54,33 @@ async def test_scripts_come_back_after_script_flush(live: tuple[Redis, Keys]) ->
     token = (await store.lease("m1", 1000)).token
     await redis.set(keys.alive, "1")
     await redis.script_flush()
-    (due_in_ms, more), snapshot = await store.timers_and_snapshot(token, 3, 10, 10)
-    assert (due_in_ms, more) == (-1, False) and snapshot["general"] in ([], {})
+    turn = await store.turn("0-0", None, token, 3, 10, 10, always_snapshot=True)
+    assert turn.alive and turn.timers == (-1, False)
+    assert turn.snapshot is not None and turn.snapshot["general"] in ([], {})
     await redis.script_flush()
     made, entries = await store.commit_and_outbox(token, 1000, b"{}", [], "0-0")
     assert made == 0 and entries == []
+
+
+async def test_a_turn_snapshots_only_what_changed_and_wakes_with_it(live: tuple[Redis, Keys]) -> None:
+    redis, keys = live
+    store = Store(redis, keys)
+    token = (await store.lease("m1", 10_000)).token
+    await redis.set(keys.alive, "1")
+    last = await redis.xadd(keys.outbox, {"d": b"{}"})
+    quiet = await store.turn(last.decode(), None, token, 3, 10, 10, always_snapshot=False)
+    assert quiet.alive and quiet.entries == [] and quiet.snapshot is None
+    owed = await store.turn(last.decode(), None, token, 3, 10, 10, always_snapshot=True)
+    assert owed.snapshot is not None
+    # Blocked on the outbox: the entry that ends the wait comes with a snapshot taken after it.
+    waiting = asyncio.create_task(store.turn(last.decode(), 5_000, token, 3, 10, 10, always_snapshot=False))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await redis.xadd(keys.outbox, {"d": b"{}"})
+    woke = await asyncio.wait_for(waiting, 2.0)
+    assert len(woke.entries) == 1 and woke.snapshot is not None
+    await redis.delete(keys.alive)
+    assert not (await store.turn(last.decode(), None, token, 3, 10, 10, always_snapshot=True)).alive
 
 
 async def test_the_gateways_batched_scripts_come_back_after_script_flush(
