@@ -32,7 +32,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.harness import Client, Service
+from tests.harness import Account, Client, Service
 
 Factory = Callable[..., Awaitable[Service]]
 
@@ -69,6 +69,16 @@ async def non_reading_socket(service: Service) -> ClientConnection:
     port = int(service.base_url.rsplit(":", 1)[1])
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     return await connect(service.ws_url, sock=sock, max_queue=1, ping_interval=None, max_size=None)
+
+
+async def non_reading_client(service: Service, account: Account) -> tuple[ClientConnection, Client]:
+    """A non-reading socket, authenticated as `account` (it read its `ready`)."""
+    ws = await non_reading_socket(service)
+    client = Client(ws, account)
+    service.clients.append(client)
+    await client.send({"type": "auth", "token": account.token})
+    assert (await client.next())["type"] == "ready"
+    return ws, client
 
 
 async def flood(
@@ -139,11 +149,7 @@ async def test_a_client_that_stops_reading_stalls_nobody_and_gets_1013(service_f
     baseline = statistics.median(await round_trips(page))
 
     slow_account = await service.user("slow")
-    slow_ws = await non_reading_socket(service)
-    slow = Client(slow_ws, slow_account)
-    service.clients.append(slow)
-    await slow.send({"type": "auth", "token": slow_account.token})
-    assert (await slow.next())["type"] == "ready"
+    slow_ws, slow = await non_reading_client(service, slow_account)
     request_id = (await slow.ok({"type": "request", "kind": "chat", "astrologer_id": None}))["request_id"]
     during: list[float] = []
 
@@ -179,11 +185,7 @@ async def test_a_client_that_never_reads_again_is_let_go(service_factory: Factor
     grace_s = 0.5
     service = await service_factory(ws_rate=1e6, ws_burst=1e6, reconnect_grace_s=grace_s)
     account = await service.user("slow")
-    slow_ws = await non_reading_socket(service)
-    slow = Client(slow_ws, account)
-    service.clients.append(slow)
-    await slow.send({"type": "auth", "token": account.token})
-    assert (await slow.next())["type"] == "ready"
+    slow_ws, slow = await non_reading_client(service, account)
     request_id = (await slow.ok({"type": "request", "kind": "chat", "astrologer_id": None}))["request_id"]
     await slow.wait_for("queued")
 
@@ -252,11 +254,7 @@ async def test_a_client_that_pauses_reading_gets_every_answer_once_in_order(
     for every buffer to fill, then reads again, gets each answer once and in order."""
     service = await service_factory(ws_rate=1e6, ws_burst=1e6)
     account = await service.user("pausing")
-    paused_ws = await non_reading_socket(service)
-    paused = Client(paused_ws, account)
-    service.clients.append(paused)
-    await paused.send({"type": "auth", "token": account.token})
-    assert (await paused.next())["type"] == "ready"
+    paused_ws, _ = await non_reading_client(service, account)
 
     pong_bytes = len(orjson.dumps({"type": "pong", "ref": "0" * 64}))
     frames = flood_frames() * REPLY_BYTES // pong_bytes  # more than every buffer holds
