@@ -308,7 +308,11 @@ class Store:
         there once the wait is over, then timers() and a snapshot() of what they
         left. The snapshot is None when nothing was appended after `after`, unless
         `always_snapshot`. Redis runs the commands behind a blocked XREAD as soon as
-        it returns, so the matcher wakes with its snapshot in hand."""
+        it returns, so the matcher wakes with its snapshot in hand. Live state is
+        asked after the wait: asked before, the answer could be 250 ms old when it
+        says "lost", by when a standby may have rebuilt and be matching, and a
+        second rebuild would wipe its offers out of Redis while they still went to
+        PostgreSQL."""
         snapshot_args = [token, extra_general] + ([] if always_snapshot else [after])
         read, alive, timers, snapshot = await self._pipelined(
             [("timers", [token, max_missed, limit]), ("snapshot", snapshot_args)],
