@@ -7,8 +7,7 @@ stream (every state change appends to it) or until the next deadline, then
 2. asks the pure flow algorithm for a decision and commits it atomically
    (flow.decide, commit.lua), reading the outbox past it on the same round trip,
 3. persists what was committed, the decision with the changes it answered, and
-   only then publishes their frames (journal.py), while the next turn reads and
-   decides (JournalWriter): one batch at a time, in outbox order,
+   only then publishes their frames (journal.py),
 4. sends changed positions and counts (positions.py), and stats to admins.
 Every matcher script checks the fencing token, so a matcher that lost its lease
 (paused, partitioned) can no longer write.
@@ -108,44 +107,6 @@ def _stretch_json(stretch: flow.Stretch) -> bytes:
     )
 
 
-class JournalWriter:
-    """Writes one journal batch while the matcher's next turn reads and decides, so
-    the PostgreSQL commit (a third of a busy turn) no longer holds the turn up.
-    Batches go one at a time, in outbox order, each published only once it is
-    written (journal.py). After a failure the matcher reads again after `written`:
-    the outbox keeps every entry until its batch is written."""
-
-    def __init__(self, journal: Journal) -> None:
-        self.journal = journal
-        self.written = "0-0"  # every outbox entry up to this one is in PostgreSQL
-        self._task: asyncio.Task[None] | None = None
-        self._batch_end = ""
-
-    def start(self, entries: list[Any]) -> None:
-        assert self._task is None, "settle() the batch before"
-        self._task = asyncio.create_task(self.journal.persist(entries), name="journal-batch")
-        self._batch_end = entries[-1][0]
-
-    async def settle(self) -> None:
-        """Waits for the batch being written; raises what it failed with."""
-        task, self._task = self._task, None
-        if task is not None:
-            await task
-            self.written = self._batch_end
-
-    async def abandon(self) -> None:
-        """After another failure: the batch being written ends either way."""
-        try:
-            await self.settle()
-        except (*STORES_DOWN, asyncpg.PostgresError):
-            pass
-
-    async def cancel(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            await cancel_and_wait([task])
-
-
 class Matcher:
     def __init__(
         self, settings: Settings, redis: Redis, pool: asyncpg.Pool, matcher_id: str | None = None
@@ -241,13 +202,6 @@ class Matcher:
 
     # ---- the active matcher's loop ---------------------------------------------------
     async def _work(self) -> None:
-        writer = JournalWriter(self.journal)
-        try:
-            await self._turns(writer)
-        finally:
-            await writer.cancel()
-
-    async def _turns(self, writer: JournalWriter) -> None:
         last_id = "0-0"
         next_due_ms = 0
         positions_due = stats_due = reap_due = 0.0
@@ -277,9 +231,8 @@ class Matcher:
                     always_snapshot=must_decide,
                 )
                 if not turn.alive:
-                    await writer.settle()  # the rebuild reads PostgreSQL: it must hold every batch
                     await self._rebuild()
-                    last_id = writer.written = "0-0"
+                    last_id = "0-0"
                     positions_dirty = stats_dirty = must_decide = True
                     continue
                 entries, data = turn.entries, turn.snapshot
@@ -311,8 +264,7 @@ class Matcher:
                         # rather than sleep until the next change or the old deadline.
                         must_decide = True
                 if entries:
-                    await writer.settle()
-                    writer.start(entries)
+                    await self.journal.persist(entries)
                     last_id = entries[-1][0]
                 clock = time.monotonic()
                 lines = None
@@ -342,8 +294,6 @@ class Matcher:
                 # Redis or PostgreSQL is away: nothing is lost (the outbox keeps
                 # what is not yet persisted); retry until they answer again.
                 unless_cancelled()
-                await writer.abandon()
-                last_id = writer.written  # read again what was not written
                 log.warning("matcher waiting for its stores: %r", exc)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(1.0, backoff_s * 2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from matcher.keys import Keys
 from tests.harness import Service
 
 
@@ -94,40 +93,3 @@ async def test_astrologer_online_wakes_the_matcher(service: Service) -> None:
     console = await service.online(astro)
     offer = await console.wait_for("offer", timeout=2)
     assert offer["user"]["id"] == user.id
-
-
-async def test_the_next_decision_does_not_wait_for_the_last_batch_to_be_written(
-    service: Service,
-) -> None:
-    """The journal writes a batch while the matcher's next turn reads and decides
-    (matcher/loop.py: JournalWriter); frames still wait for their own batch."""
-    keys = Keys(service.settings.redis_prefix)
-    console = await service.online(await service.astrologer(capacity=2))
-    first, second = await service.user("first"), await service.user("second")
-    pages = [await service.connect(first), await service.connect(second)]
-    async with service.pool.acquire() as blocker:
-        async with blocker.transaction():
-            await blocker.execute("LOCK TABLE requests IN EXCLUSIVE MODE")  # inserts wait here
-            await pages[0].send({"type": "request", "kind": "chat", "astrologer_id": None})
-            async with service.pool.acquire() as watcher:
-                while not await watcher.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND query LIKE '%astroq_apply_journal%'"
-                ):
-                    await asyncio.sleep(0.01)
-            await pages[1].send({"type": "request", "kind": "chat", "astrologer_id": None})
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 5.0
-            while True:  # the second request is decided in Redis while the first batch waits
-                rid = await service.redis.hget(keys.user(second.id), "req")
-                rid = rid.decode() if isinstance(rid, bytes) else rid
-                if rid and await service.redis.hget(keys.request(rid), "state") == b"offered":
-                    break
-                assert loop.time() < deadline, "the second request was not decided"
-                await asyncio.sleep(0.01)
-            assert [f["type"] for f in await pages[0].quiet(0.1)] == []  # no ack before its batch
-            assert "offer" not in [f["type"] for f in await console.quiet(0.1)]
-    for page in pages:
-        assert (await page.next())["type"] == "ack"
-    offers = [await console.wait_for("offer"), await console.wait_for("offer")]
-    assert [o["user"]["id"] for o in offers] == [first.id, second.id]
