@@ -85,7 +85,9 @@ class Bot(asyncio.Protocol):
     low; the echo ceiling is driven by the same client.
     """
 
-    def __init__(self, account_id: str, role: str, ws: ClientProtocol, frames: Frames) -> None:
+    def __init__(
+        self, account_id: str, role: str, ws: ClientProtocol, frames: Frames, *, awaits_ready: bool = True
+    ) -> None:
         self.id = account_id
         self.role = role
         self.ws = ws
@@ -97,7 +99,7 @@ class Bot(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[bytes | None] = loop.create_future()  # the first frame
         self.lost: asyncio.Future[None] = loop.create_future()
-        self.expect_first_frame = True
+        self.awaits_ready = awaits_ready  # open once the first frame (`ready`) came, not the handshake
 
     # -- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,7 +113,7 @@ class Bot(asyncio.Protocol):
             if isinstance(event, Response):
                 if ws.handshake_exc is not None:
                     self._fail_open(ws.handshake_exc)
-                elif not self.expect_first_frame:
+                elif not self.awaits_ready:
                     self.opened.set_result(None)
             elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
                 data = bytes(event.data)
@@ -180,8 +182,7 @@ async def open_bot(
     if token is not None:
         request.headers["Authorization"] = f"Bearer {token}"
     ws.send_request(request)
-    bot = Bot(account_id, role, ws, frames)
-    bot.expect_first_frame = token is not None
+    bot = Bot(account_id, role, ws, frames, awaits_ready=token is not None)
     loop = asyncio.get_running_loop()
     await loop.create_connection(lambda: bot, uri.host, uri.port, local_addr=local_addr)
     try:

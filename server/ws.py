@@ -477,12 +477,13 @@ class Gateway:
             conn.push_frame({"type": "stats", **await admin_stats(self.store, self.pool)})
 
     async def _connect_when_live(self, conn: Connection) -> tuple[dict[str, Any], bool]:
-        deadline = asyncio.get_running_loop().time() + LIVE_STATE_WAIT_S
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LIVE_STATE_WAIT_S
         while True:
             try:
                 return await self.store.connect(conn.account_id, conn.role.value, conn.id, self.id)
             except Unavailable:
-                if asyncio.get_running_loop().time() >= deadline:
+                if loop.time() >= deadline:
                     raise
                 await asyncio.sleep(0.05)
 
