@@ -166,3 +166,20 @@ async def test_a_socket_opened_while_live_state_is_missing_waits_for_it(service_
         assert (await admin.wait_for("stats", timeout=3))["waiting"] == 0
     finally:
         await cancel_and_wait([task])
+
+
+async def test_a_frame_sent_while_live_state_is_missing_gets_unavailable_and_changes_nothing(
+    service_factory: Any,
+) -> None:
+    """docs/protocol.md (added): `unavailable` while live state is being rebuilt; nothing
+    is applied and the client may retry."""
+    service: Service = await service_factory(with_matcher=False)
+    keys = Keys(service.settings.redis_prefix)
+    await service.redis.set(keys.alive, "1")  # as a matcher's rebuild leaves it
+    user = await service.user()
+    page = await service.connect(user)
+    await service.redis.delete(keys.alive)  # Redis lost its data; no rebuild yet
+    reply = await page.call({"type": "request", "kind": "chat", "astrologer_id": None})
+    assert (reply["type"], reply["code"]) == ("error", "unavailable")
+    assert not await service.redis.exists(keys.user(user.id))
+    assert await service.fetch("SELECT 1 FROM requests WHERE user_id = $1", user.id) == []
