@@ -28,12 +28,13 @@ async def admin_stats(
     data = lines if lines is not None else await store.lines()
     astrologers = data["astrologers"] if isinstance(data["astrologers"], list) else []
     async with pool.acquire() as conn:
+        # One row per astrologer, whatever the day's volume (migration 003).
         rows = await conn.fetch(
-            "SELECT u.id::text AS id, u.name, count(s.id) AS assigned"
+            "SELECT u.id::text AS id, u.name, coalesce(d.assigned, 0) AS assigned"
             " FROM astrologers a JOIN users u ON u.id = a.id"
-            " LEFT JOIN sessions s ON s.astrologer_id = a.id"
-            "  AND s.started_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
-            " GROUP BY u.id, u.name ORDER BY u.name, u.id"
+            " LEFT JOIN assignments_daily d ON d.astrologer_id = a.id"
+            "  AND d.day = (now() AT TIME ZONE 'UTC')::date"
+            " ORDER BY u.name, u.id"
         )
     live = {a[0]: a for a in astrologers}
     total = sum(r["assigned"] for r in rows)

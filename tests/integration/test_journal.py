@@ -129,3 +129,34 @@ async def test_a_row_the_record_refuses_fails_the_whole_batch(pool: asyncpg.Pool
             })
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM requests") == 0
+
+
+async def test_each_astrologers_assignments_are_counted_per_utc_day_once(pool: asyncpg.Pool) -> None:
+    """assignments_daily (migration 003) holds what counting sessions per UTC day gives:
+    a batch applied twice counts once, and a deleted session is uncounted."""
+    async with pool.acquire() as conn:
+        user, astrologer = await _accounts(conn)
+    day = 86_400_000
+    midnight = T0 - T0 % day
+    starts = [midnight - 1, midnight, midnight + 1, midnight + day - 1]  # 1 yesterday, 3 today
+    batch: dict[str, list[Any]] = {"req": [], "sess": []}
+    for seq, at in enumerate(starts):
+        rid = str(uuid.uuid4())
+        batch["req"].append({"id": rid, "user": user, "kind": "chat", "aid": "", "seq": seq, "at": at})
+        batch["sess"].append({"id": str(uuid.uuid4()), "rid": rid, "user": user, "aid": astrologer,
+                              "kind": "chat", "at": at})
+    await _apply_twice(pool, batch)
+
+    counted = "SELECT day::text, assigned FROM assignments_daily WHERE astrologer_id = $1 ORDER BY day"
+    from_sessions = (
+        "SELECT (started_at AT TIME ZONE 'UTC')::date::text, count(*) FROM sessions"
+        " WHERE astrologer_id = $1 GROUP BY 1 ORDER BY 1"
+    )
+    async with pool.acquire() as conn:
+        rows = [tuple(r) for r in await conn.fetch(counted, astrologer)]
+        assert rows == [tuple(r) for r in await conn.fetch(from_sessions, astrologer)]
+        assert [n for _, n in rows] == [1, 3]
+        await conn.execute("DELETE FROM sessions WHERE started_at = astroq_ms($1)", midnight)
+        rows = [tuple(r) for r in await conn.fetch(counted, astrologer)]
+        assert [n for _, n in rows] == [1, 2]
+        assert rows == [tuple(r) for r in await conn.fetch(from_sessions, astrologer)]
