@@ -47,7 +47,7 @@ SEND_QUEUE_MAX = 1024  # frames waiting for a slow reader before it is closed (1
 SEND_STALL_S = 5.0  # a socket that takes no frame for this long has stopped reading: 1013
 STALL_SWEEP_S = 1.0  # how often stalled writes are looked for: a stall is seen within 5-6 s
 QUEUE_LOCK_MS = 10_000  # a client queue's lock outlives a crashed holder by this much
-ACK_WAIT_S = 5.0  # past this the next frame is applied anyway (the ack still comes)
+ACK_WAIT_S = 5.0  # an ack not seen by then is given up (an error behind it then goes out)
 HEARTBEAT_S = 1.0
 HEARTBEAT_TTL_MS = 5_000  # a gateway silent for this long is dead: its sockets start their grace
 # A socket opened while live state is being rebuilt (a matcher starting, or Redis
@@ -260,6 +260,7 @@ class Gateway:
         self.admins: set[Connection] = set()
         self.drainers: dict[str, asyncio.Task[None]] = {}
         self.pending_acks: dict[str, tuple[str, asyncio.Future[None]]] = {}  # op -> (account, waiter)
+        self.last_unacked: dict[str, asyncio.Future[None]] = {}  # account -> its latest pending ack
         self._submitting: set[asyncio.Task[None]] = set()
         self._events_prefix = self.keys.events("").encode()
         self._admin_channel = self.keys.admin_events.encode()
@@ -640,38 +641,63 @@ class Gateway:
             self.drainers.pop(account_id, None)
 
     async def _apply(self, item: bytes) -> None:
+        """Applies one frame. The queue's next frame follows as soon as this one is
+        applied in Redis, not once its ack is out: the ack waits for PostgreSQL,
+        and a client with several frames in flight (an astrologer accepting a
+        burst of offers) would otherwise have one applied per journal commit.
+        Answers still reach the client in its frames' order: acks go out in
+        outbox order, and an error waits for the acks of the frames before it."""
         data = orjson.loads(item)
         op, socket_id, uid, role = data["op"], data["sock"], data["uid"], data["role"]
         frame = protocol.frame_from_fields(data["f"])
         ref = getattr(frame, "ref", None)
         frame_type = protocol.frame_type(frame)
+        # Registered before the call: the ack may be published before its reply is read.
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pending_acks[op] = (uid, waiter)
         try:
             await self._call(frame, uid, role, data["name"], socket_id, op)
-        except AstroqError as error:
+        except (AstroqError, *REDIS_DOWN) as exc:
             self.pending_acks.pop(op, None)
+            error = exc if isinstance(exc, AstroqError) else Unavailable()
+            await self._after_earlier_acks(uid)
             await self._answer_error(uid, socket_id, error_frame(error, ref))
-        except REDIS_DOWN:
-            self.pending_acks.pop(op, None)
-            await self._answer_error(uid, socket_id, error_frame(Unavailable(), ref))
+            metrics.FRAME_TIME.labels(frame_type).observe(time.perf_counter() - data["t"])
         else:
-            await self._await_ack(uid, op, waiter)
-        metrics.FRAME_TIME.labels(frame_type).observe(time.perf_counter() - data["t"])
+            self._expect_ack(uid, op, waiter, frame_type, data["t"])
 
-    async def _await_ack(self, uid: str, op: str, waiter: asyncio.Future[None]) -> None:
-        """Holds the client's next frame until this one's ack is out (one at a time, in
-        order), but not when the ack cannot be seen here: once the account's last
+    def _expect_ack(
+        self, uid: str, op: str, waiter: asyncio.Future[None], frame_type: str, received: float
+    ) -> None:
+        """Marks the account's latest frame awaiting its ack, which _deliver sees pass.
+        An ack that cannot be seen here is not waited for: once the account's last
         socket on this gateway is gone, so is its subscription (_unregister then
-        ends the wait)."""
-        try:
-            if uid in self.accounts:
-                async with asyncio.timeout(ACK_WAIT_S):
-                    await waiter
-        except TimeoutError:
-            pass
-        finally:
+        ends the wait), and one that never comes is given up after ACK_WAIT_S."""
+        if uid not in self.accounts:
             self.pending_acks.pop(op, None)
+            return
+        self.last_unacked[uid] = waiter
+        give_up = asyncio.get_running_loop().call_later(ACK_WAIT_S, self._give_up_ack, op)
+
+        def acked(_: asyncio.Future[None]) -> None:
+            give_up.cancel()
+            if self.last_unacked.get(uid) is waiter:
+                del self.last_unacked[uid]
+            metrics.FRAME_TIME.labels(frame_type).observe(time.perf_counter() - received)
+
+        waiter.add_done_callback(acked)
+
+    def _give_up_ack(self, op: str) -> None:
+        pending = self.pending_acks.pop(op, None)
+        if pending is not None and not pending[1].done():
+            pending[1].set_result(None)
+
+    async def _after_earlier_acks(self, uid: str) -> None:
+        """Waits until the acks of the account's frames applied before this one are
+        out (they go in order, so the latest one's suffices), or ACK_WAIT_S."""
+        earlier = self.last_unacked.get(uid)
+        if earlier is not None and not earlier.done():
+            await asyncio.wait([earlier], timeout=ACK_WAIT_S)
 
     async def _call(
         self, frame: protocol.ClientFrame, uid: str, role: str, name: str, socket_id: str, op: str

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
+import asyncpg
+
+from matcher.keys import Keys
 from tests.harness import Service
 
 
@@ -93,3 +97,68 @@ async def test_astrologer_online_wakes_the_matcher(service: Service) -> None:
     console = await service.online(astro)
     offer = await console.wait_for("offer", timeout=2)
     assert offer["user"]["id"] == user.id
+
+
+async def _hold_journal(service: Service, table: str) -> asyncpg.Connection:
+    """Opens a transaction that locks `table`, so the journal's next batch waits on it."""
+    blocker = await service.pool.acquire()
+    await blocker.execute(f"BEGIN; LOCK TABLE {table} IN EXCLUSIVE MODE")
+    return blocker
+
+
+async def _journal_waits(service: Service) -> None:
+    async with service.pool.acquire() as watcher:
+        while not await watcher.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE '%astroq_apply_journal%'"
+        ):
+            await asyncio.sleep(0.01)
+
+
+async def _release(service: Service, blocker: asyncpg.Connection) -> None:
+    await blocker.execute("ROLLBACK")
+    await service.pool.release(blocker)
+
+
+async def test_a_clients_next_frame_is_applied_before_the_last_ones_ack(service: Service) -> None:
+    """SPEC §5 applies a client's frames in order, one at a time; the next one need
+    not wait for PostgreSQL to hold the last. An astrologer accepting two offers has
+    both applied while the journal waits, and the acks still come in order."""
+    keys = Keys(service.settings.redis_prefix)
+    console = await service.online(await service.astrologer(capacity=2))
+    users = [await service.user("first"), await service.user("second")]
+    for user in users:
+        await (await service.connect(user)).ok({"type": "request", "kind": "chat", "astrologer_id": None})
+    offers = [await console.wait_for("offer"), await console.wait_for("offer")]
+    blocker = await _hold_journal(service, "sessions")  # the first accept's batch waits
+    try:
+        await console.send({"type": "accept", "offer_id": offers[0]["offer_id"], "ref": "a1"})
+        await _journal_waits(service)
+        await console.send({"type": "accept", "offer_id": offers[1]["offer_id"], "ref": "a2"})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while not await service.redis.hget(keys.user(users[1].id), "sess"):  # its session began
+            assert loop.time() < deadline, "the second accept waited for the first one's ack"
+            await asyncio.sleep(0.01)
+        assert [f for f in await console.quiet(0.1) if f["type"] in ("ack", "assigned")] == []
+    finally:
+        await _release(service, blocker)
+    acks = [await console.wait_for("ack"), await console.wait_for("ack")]
+    assert [ack["ref"] for ack in acks] == ["a1", "a2"]
+
+
+async def test_an_error_waits_for_the_acks_of_the_frames_before_it(service: Service) -> None:
+    """The request is applied, its ack waits for the journal; the cancel behind it
+    fails at once in Redis, yet its error comes after the request's ack."""
+    page = await service.connect(await service.user())
+    blocker = await _hold_journal(service, "requests")
+    try:
+        await page.send({"type": "request", "kind": "chat", "astrologer_id": None, "ref": "req"})
+        await _journal_waits(service)
+        await page.send({"type": "cancel", "request_id": str(uuid.uuid4()), "ref": "bad"})
+        assert await page.quiet(0.3) == []
+    finally:
+        await _release(service, blocker)
+    answers = [await page.wait_for("ack"), await page.wait_for("error")]
+    assert [(f["ref"], f.get("code")) for f in answers] == [("req", None), ("bad", "not_found")]
+    assert page.frames.index(answers[0]) < page.frames.index(answers[1])
