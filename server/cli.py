@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from server.settings import ConfigError, Settings, load_settings
+from server.wsprotocol import BatchingWebSocketProtocol
 
 log = logging.getLogger("astroq")
 
@@ -27,7 +28,8 @@ def uvicorn_config(app: Any, host: str, port: int, **overrides: Any) -> uvicorn.
     options: dict[str, Any] = {
         "loop": "uvloop",
         "http": "httptools",
-        "ws": "websockets-sansio",
+        # uvicorn's sans-I/O protocol, able to write several frames at once.
+        "ws": BatchingWebSocketProtocol,
         "ws_max_size": MAX_FRAME_BYTES,
         # Small JSON frames: compression costs memory per socket and saves little.
         "ws_per_message_deflate": False,

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -38,6 +38,7 @@ from server import db, metrics, protocol
 from server.auth import Claims, Role, Tokens, TokenType
 from server.errors import AstroqError, CloseCode, InvalidInput, InvalidToken, RateLimited, Unavailable
 from server.settings import Settings
+from server.wsprotocol import send_texts_of
 
 log = logging.getLogger("astroq.gateway")
 
@@ -88,6 +89,11 @@ class Connection:
     # When the frame being written now was handed to the socket (loop time), 0.0
     # between writes: the stall watchdog reads it, so a write needs no timer of its own.
     sending_since: float = 0.0
+    # Writes several frames in one write (server/wsprotocol.py), when the server can.
+    send_texts: Callable[[list[str]], bool] | None = None
+
+    def __post_init__(self) -> None:
+        self.send_texts = send_texts_of(self.ws.scope)
 
     def push(self, text: str) -> None:
         if not self.ready:
@@ -101,6 +107,17 @@ class Connection:
             return
         self.outbox.append(text)
         self.wakeup.set()
+
+    def push_many(self, texts: list[str]) -> None:
+        """Frames for this socket from one fan-out batch, in one write when it can take them."""
+        if len(texts) == 1 or self.send_texts is None:
+            for text in texts:
+                self.push(text)
+            return
+        if self.ready and not self.outbox and not self.sending_since and self.send_texts(texts):
+            return
+        for text in texts:
+            self.push(text)
 
     def _write_now(self, text: str) -> bool:
         """Writes the frame in place, without waking the socket's sender, when the
@@ -320,26 +337,41 @@ class Gateway:
         self._deliver(channel[len(self._events_prefix) :], socket_id, op, frame)
 
     def _route_batch(self, data: bytes) -> None:
-        """A fan-out batch (matcher/journal.py): every account's frames, only those held here."""
-        deliver = self._deliver
+        """A fan-out batch (matcher/journal.py): every account's frames, only those held
+        here, each socket's in order and in one write."""
+        batches: dict[Connection, list[str]] = {}
+        recipients = self._recipients
         for line in data.split(b"\n"):
             account_id, socket_id, op, frame = line.split(b" ", 3)
-            deliver(account_id, socket_id, op, frame)
+            conns = recipients(account_id, socket_id, op)
+            if conns:
+                text = frame.decode()
+                for conn in conns:
+                    batches.setdefault(conn, []).append(text)
+        for conn, texts in batches.items():
+            conn.push_many(texts)
 
     def _deliver(self, account_id: bytes, socket_id: bytes, op: bytes, frame: bytes) -> None:
-        """A frame to the account's sockets held here (one when socket_id names it);
-        an op it answers releases the client's next frame."""
+        """A frame to the account's sockets held here (one when socket_id names it)."""
+        conns = self._recipients(account_id, socket_id, op)
+        if conns:
+            text = frame.decode()
+            for conn in conns:
+                conn.push(text)
+
+    def _recipients(self, account_id: bytes, socket_id: bytes, op: bytes) -> list[Connection]:
+        """The sockets held here that a frame goes to; an op it answers is acked."""
         if op:
             pending = self.pending_acks.pop(op.decode(), None)
             if pending is not None and not pending[1].done():
                 pending[1].set_result(None)
         conns = self.accounts.get(account_id.decode())
-        if conns:
-            text = frame.decode()
-            target = socket_id.decode()
-            for conn in conns:
-                if not target or conn.id == target:
-                    conn.push(text)
+        if not conns:
+            return []
+        if not socket_id:
+            return list(conns)
+        target = socket_id.decode()
+        return [conn for conn in conns if conn.id == target]
 
     async def _subscribe(self, account_id: str) -> None:
         channel = self.keys.events(account_id)
