@@ -96,40 +96,40 @@ class Connection:
         self.send_texts = send_texts_of(self.ws.scope)
 
     def push(self, text: str) -> None:
+        self.push_many([text])
+
+    def push_many(self, texts: list[str]) -> None:
+        """Frames for this socket, in order: written at once when it can take them (a
+        fan-out batch's frames for it in one write), else queued for its sender."""
         if not self.ready:
-            self.early.append(text)
+            self.early.extend(texts)
             return
-        if not self.outbox and not self.sending_since and self._write_now(text):
+        if not self.outbox and not self.sending_since and self._write_now(texts):
             return
-        if len(self.outbox) >= SEND_QUEUE_MAX:
+        if len(self.outbox) + len(texts) > SEND_QUEUE_MAX:
             # It stopped reading: close it rather than hold frames without bound.
             self.overflowed.set()
             return
-        self.outbox.append(text)
+        self.outbox.extend(texts)
         self.wakeup.set()
 
-    def push_many(self, texts: list[str]) -> None:
-        """Frames for this socket from one fan-out batch, in one write when it can take them."""
-        if len(texts) == 1 or self.send_texts is None:
-            for text in texts:
-                self.push(text)
-            return
-        if self.ready and not self.outbox and not self.sending_since and self.send_texts(texts):
-            return
-        for text in texts:
-            self.push(text)
-
-    def _write_now(self, text: str) -> bool:
-        """Writes the frame in place, without waking the socket's sender, when the
-        socket can take it (websockets' broadcast does the same): most frames go
+    def _write_now(self, texts: list[str]) -> bool:
+        """Writes the frames in place, without waking the socket's sender, when the
+        socket can take them (websockets' broadcast does the same): most frames go
         out so, and a task switch per frame was a tenth of the gateway's work.
 
-        uvicorn's sans-I/O protocol (server/cli.py pins it) waits only before it
-        writes, while the transport is over its high-water mark; such a send is
-        closed unsent and the frame queued for the sender, which may wait. A send
-        that fails (the client has gone) is queued too, so that the sender fails
-        the same way and the socket is closed as before."""
-        send = self.ws.send_text(text)
+        server/wsprotocol.py writes them all in one write, below ASGI; it declines
+        while the transport is over its high-water mark, and then the frames are
+        queued for the sender, which waits. Where the server lacks that extension,
+        a lone frame goes through ASGI the same way: uvicorn's sans-I/O protocol
+        waits only before it writes, so a send that would wait is closed unsent.
+        A send that fails (the client has gone) is queued too, so that the sender
+        fails the same way and the socket is closed as before."""
+        if self.send_texts is not None:
+            return self.send_texts(texts)
+        if len(texts) != 1:
+            return False
+        send = self.ws.send_text(texts[0])
         try:
             send.send(None)
         except StopIteration:
@@ -151,10 +151,8 @@ class Connection:
 
     def open_with(self, ready_frame: dict[str, Any]) -> None:
         self.ready = True
-        self.push_frame(ready_frame)
-        for text in self.early:
-            self.push(text)
-        self.early.clear()
+        early, self.early = self.early, []
+        self.push_many([orjson.dumps(ready_frame).decode(), *early])
 
 
 # Scripts wait for a batch in flight to return rather than go out on a connection of
