@@ -64,6 +64,20 @@ class Positions:
     # Requests whose owner has not yet heard their latest place, and since when.
     stale_since: dict[str, float] = field(default_factory=dict)
     adopt_all: bool = True  # after a rebuild or a new leader: every waiting request was acked
+    _value_cache: dict[tuple[int, float], list[tuple[int, float | None]]] = field(default_factory=dict)
+
+    def _values(self, count: int, capacity: int, avg_ms: float) -> list[tuple[int, float | None]]:
+        """(position, eta) for places 1..count. Kept while capacity and handle time
+        hold, so a pass builds no tuple, and an unchanged place compares by identity."""
+        key = (capacity, avg_ms)
+        values = self._value_cache.get(key)
+        if values is None:
+            if len(self._value_cache) > 64:
+                self._value_cache.clear()
+            values = self._value_cache[key] = []
+        for position in range(len(values) + 1, count + 1):
+            values.append((position, eta_seconds(position, capacity, avg_ms)))
+        return values
 
     def remember(self, request_id: str, position: int, eta: float | None) -> None:
         """The `queued` frame told the client this already."""
@@ -109,23 +123,28 @@ class Positions:
         stale_since = self.stale_since
         changed: list[tuple[str, str, tuple[int, float | None]]] = []
 
+        sent, adopt_all = self.sent, self.adopt_all
+
         def line(pairs: Any, cap: int) -> int:
+            """Collects the line's changed places; a pass with a long line walks every
+            request in it, so the walk does as little as it can per request."""
             pairs = pairs if isinstance(pairs, list) else []
-            for index in range(0, len(pairs), 2):
-                rid, uid = pairs[index], pairs[index + 1]
-                position = index // 2 + 1
-                value = (position, eta_seconds(position, cap, avg_ms))
-                live.add(rid)
-                if rid not in self.sent:
-                    if not self.adopt_all:
-                        continue  # its ack and `queued` are not out yet
-                    self.sent[rid] = UNDER_OFFER  # acked; its place not yet told
-                if self.sent.get(rid) == value or not uid:
-                    stale_since.pop(rid, None)
+            rids, uids = pairs[0::2], pairs[1::2]
+            live.update(rids)
+            if adopt_all:
+                for rid in rids:
+                    sent.setdefault(rid, UNDER_OFFER)  # acked; its place not yet told
+            sent_get, stale_pop, stale_mark = sent.get, stale_since.pop, stale_since.setdefault
+            for rid, uid, value in zip(rids, uids, self._values(len(rids), cap, avg_ms)):
+                told = sent_get(rid)
+                if told is None:
+                    continue  # its ack and `queued` are not out yet
+                if told == value or not uid:
+                    stale_pop(rid, None)
                     continue
-                stale_since.setdefault(rid, now)
+                stale_mark(rid, now)
                 changed.append((rid, uid, value))
-            return len(pairs) // 2
+            return len(rids)
 
         general_waiting = line(data["general"], general_cap)
         direct = data["direct"] if isinstance(data["direct"], dict) else {}
