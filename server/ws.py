@@ -596,11 +596,11 @@ class Gateway:
             try:
                 frame = protocol.parse(text, conn.role)
             except protocol.FrameError as exc:
-                metrics.FRAMES.labels(metrics.frame_label(exc.frame_type)).inc()
+                metrics.frames_of(metrics.frame_label(exc.frame_type)).inc()
                 conn.push_frame(error_frame(exc.error, exc.ref))
                 continue
             frame_type = protocol.frame_type(frame)
-            metrics.FRAMES.labels(frame_type).inc()
+            metrics.frames_of(frame_type).inc()
             if isinstance(frame, protocol.Ping):
                 conn.push_frame({"type": "pong", "ref": frame.ref} if frame.ref else {"type": "pong"})
                 continue
@@ -692,7 +692,7 @@ class Gateway:
             error = exc if isinstance(exc, AstroqError) else Unavailable()
             await self._after_earlier_acks(uid)
             await self._answer_error(uid, socket_id, error_frame(error, ref))
-            metrics.FRAME_TIME.labels(frame_type).observe(time.perf_counter() - data["t"])
+            metrics.frame_time_of(frame_type).observe(time.perf_counter() - data["t"])
         else:
             self._expect_ack(uid, op, waiter, frame_type, data["t"])
 
@@ -713,7 +713,7 @@ class Gateway:
             give_up.cancel()
             if self.last_unacked.get(uid) is waiter:
                 del self.last_unacked[uid]
-            metrics.FRAME_TIME.labels(frame_type).observe(time.perf_counter() - received)
+            metrics.frame_time_of(frame_type).observe(time.perf_counter() - received)
 
         waiter.add_done_callback(acked)
 
