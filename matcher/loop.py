@@ -95,6 +95,11 @@ def _snapshot(data: dict[str, Any]) -> flow.FlowSnapshot:
     )
 
 
+def _entry_id(entry: Any) -> str:
+    entry_id = entry[0]
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
 def _stretch_json(stretch: flow.Stretch) -> bytes:
     return orjson.dumps(
         {
@@ -252,17 +257,24 @@ class Matcher:
                     # one PostgreSQL commit carries a request and the offer it got, so
                     # the offer does not wait for a second fsync. Frames still go out
                     # only after that commit, in outbox order.
-                    _, committed = await self._decide(data, entries[-1][0] if entries else last_id)
+                    made, committed, settled = await self._decide(
+                        data, entries[-1][0] if entries else last_id
+                    )
                     positions_dirty = stats_dirty = True
                     if committed:
-                        entries += committed
                         # Read past the decision, so the next read will not show
-                        # these: among them may be a gateway's change that came
-                        # after the snapshot (an astrologer online, a cancel), and
-                        # the offers just made brought deadlines the timers have
-                        # not seen. Decide and look at the timers again at once,
-                        # rather than sleep until the next change or the old deadline.
-                        must_decide = True
+                        # these. When one of them is a change that came after the
+                        # snapshot (a gateway's: an astrologer online, a cancel), or
+                        # the decision could not see or make all it might, decide
+                        # again at once rather than sleep until the next change.
+                        # Otherwise the decision stands: a second one on the state
+                        # it made would find nothing, and cost a snapshot.
+                        entries += committed
+                        must_decide = not settled
+                    if made:
+                        # The offers just made brought deadlines the timers have not seen.
+                        offers_due_ms = now_ms() + int(self.settings.offer_timeout_s * 1000)
+                        next_due_ms = min(next_due_ms, offers_due_ms) if next_due_ms else offers_due_ms
                 if entries:
                     await self.journal.persist(entries)
                     last_id = entries[-1][0]
@@ -311,28 +323,40 @@ class Matcher:
 
     async def decide(self) -> int:
         """One decision on a fresh snapshot, committed. Returns offers made."""
-        made, _ = await self._decide(await self.store.snapshot(self.token, GENERAL_LOOKAHEAD), None)
+        made, _, _ = await self._decide(await self.store.snapshot(self.token, GENERAL_LOOKAHEAD), None)
         return made
 
-    async def _decide(self, data: dict[str, Any], read_after: str | None) -> tuple[int, list[Any]]:
+    async def _decide(self, data: dict[str, Any], read_after: str | None) -> tuple[int, list[Any], bool]:
         """The decision on a snapshot, committed; with read_after, also the outbox
-        entries after it (the commit's among them) on the commit's round trip."""
+        entries after it (the commit's among them) on the commit's round trip.
+        Returns (offers made, those entries, settled): settled when every offer
+        decided was made, the snapshot held the whole general line, and no entry
+        but the commit's own came after the snapshot; a decision on the state that
+        left would then make no offer."""
         started = time.perf_counter()
         decision = flow.decide(_snapshot(data))
         stretch = _stretch_json(decision.stretch)
-        made = 0
+        made, own_id = 0, ""
         entries: list[Any] = []
         if decision.offers or data["stretch"] != stretch.decode():
             offers = [
                 (str(uuid.uuid4()), o.request_id, o.astrologer_id, o.direct) for o in decision.offers
             ]
-            made, entries = await self.store.commit_and_outbox(
+            made, entries, own_id = await self.store.commit_and_outbox(
                 self.token, int(self.settings.offer_timeout_s * 1000), stretch, offers, read_after
             )
         elif read_after is not None:
             entries = await self.store.outbox(read_after)
         metrics.DECISION_TIME.observe(time.perf_counter() - started)
-        return made, entries
+        free_slots = sum(max(0, a[2] - a[3]) for a in data["astrologers"] or ())
+        settled = (
+            made == len(decision.offers)
+            # The snapshot reads the general line up to the free slots plus a lookahead:
+            # unless it read the whole line or every slot was filled, more may wait.
+            and (len(data["general"]) < free_slots + GENERAL_LOOKAHEAD or made >= free_slots)
+            and all(_entry_id(entry) == own_id for entry in entries)
+        )
+        return made, entries, settled
 
     async def _publish_stats(self, lines: dict[str, Any] | None) -> None:
         stats = await admin_stats(self.store, self.pool, lines)

@@ -330,13 +330,16 @@ class Store:
         stretch: bytes,
         offers: Sequence[tuple[str, str, str, bool]],
         after: str | None,
-    ) -> tuple[int, list[Any]]:
+    ) -> tuple[int, list[Any], str]:
         """commit(), then (unless `after` is None) the outbox entries after `after`,
-        the commit's among them."""
+        the commit's among them: (offers made, those entries, the commit's entry id
+        or '' when it appended none)."""
         replies = await self._pipelined(
             [("commit", _commit_args(token, offer_timeout_ms, stretch, offers))], read_after=after
         )
-        return int(_check(replies[0])[1]), (_entries(replies[1]) if after is not None else [])
+        committed = _check(replies[0])
+        own_id = _text(committed[2])
+        return int(committed[1]), (_entries(replies[1]) if after is not None else []), own_id
 
     async def _pipelined(
         self,

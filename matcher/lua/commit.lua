@@ -3,7 +3,7 @@
 -- ARGV[1] fencing token  ARGV[2] offer timeout (ms)
 -- ARGV[3] the flow algorithm's new state (JSON, stored as is)
 -- ARGV[4..] groups of four: offer id, request id, astrologer id, direct ('1' | '0')
--- Returns {'ok', offers made} or {'err', 'fenced' | 'unavailable'}.
+-- Returns {'ok', offers made, its outbox entry's id or ''} or {'err', 'fenced' | 'unavailable'}.
 -- The snapshot was read in an earlier script, so the world may have moved
 -- (a cancel, a status change): an offer whose request no longer waits or whose
 -- astrologer is no longer free is skipped, and the next pass decides again.
@@ -51,5 +51,4 @@ for i = 4, #ARGV, 4 do
   end
 end
 redis.call('SET', k('stretch'), ARGV[3])
-flush()
-return {'ok', made}
+return {'ok', made, flush() or ''}

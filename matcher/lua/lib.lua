@@ -51,9 +51,10 @@ local function emit(uid, frame, sock, op)
   OUT.ev[#OUT.ev + 1] = {uid, frame, sock or '', op or ''}
 end
 local function metric(name, a, b) OUT.m[#OUT.m + 1] = {name, a or '', b or 0} end
+-- Returns the entry's id, or nil when there was nothing to append.
 local function flush()
   if #OUT.pg + #OUT.ev + #OUT.m > 0 then
-    redis.call('XADD', k('outbox'), '*', 'd', cjson.encode(OUT))
+    return redis.call('XADD', k('outbox'), '*', 'd', cjson.encode(OUT))
   end
 end
 

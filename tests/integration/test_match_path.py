@@ -8,6 +8,7 @@ import uuid
 import asyncpg
 
 from matcher.keys import Keys
+from server import metrics
 from tests.harness import Service
 
 
@@ -162,3 +163,24 @@ async def test_an_error_waits_for_the_acks_of_the_frames_before_it(service: Serv
     answers = [await page.wait_for("ack"), await page.wait_for("error")]
     assert [(f["ref"], f.get("code")) for f in answers] == [("req", None), ("bad", "not_found")]
     assert page.frames.index(answers[0]) < page.frames.index(answers[1])
+
+
+def _decisions() -> float:
+    return metrics.REGISTRY.get_sample_value("astroq_matcher_decision_seconds_count") or 0.0
+
+
+async def test_a_decision_that_saw_everything_is_not_taken_again(service: Service) -> None:
+    """After its commit the matcher decides again only when something else changed
+    since its snapshot: a decision on the state it made itself would find nothing,
+    and cost a snapshot."""
+    console = await service.online(await service.astrologer(capacity=2))
+    page = await service.connect(await service.user())
+    await asyncio.sleep(0.5)  # the matcher has seen the astrologer come online
+    before = _decisions()
+    await page.ok({"type": "request", "kind": "chat", "astrologer_id": None})
+    await console.wait_for("offer")
+    await asyncio.sleep(0.5)
+    assert _decisions() - before == 1, _decisions() - before
+    # A second request still gets the astrologer's second slot at once.
+    await (await service.connect(await service.user())).ok({"type": "request", "kind": "chat", "astrologer_id": None})
+    await console.wait_for("offer")

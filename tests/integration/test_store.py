@@ -58,8 +58,8 @@ async def test_scripts_come_back_after_script_flush(live: tuple[Redis, Keys]) ->
     assert turn.alive and turn.timers == (-1, False)
     assert turn.snapshot is not None and turn.snapshot["general"] in ([], {})
     await redis.script_flush()
-    made, entries = await store.commit_and_outbox(token, 1000, b"{}", [], "0-0")
-    assert made == 0 and entries == []
+    made, entries, own_id = await store.commit_and_outbox(token, 1000, b"{}", [], "0-0")
+    assert made == 0 and entries == [] and own_id == ""  # nothing to record: no entry
 
 
 async def test_a_turn_snapshots_only_what_changed_and_wakes_with_it(live: tuple[Redis, Keys]) -> None:
