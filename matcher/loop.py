@@ -100,6 +100,11 @@ def _entry_id(entry: Any) -> str:
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
+def _quiet(entry: Any) -> bool:
+    """An outbox entry no snapshot sees (lib.lua flush): it needs no decision."""
+    return b"q" in entry[1] or "q" in entry[1]
+
+
 def _stretch_json(stretch: flow.Stretch) -> bytes:
     return orjson.dumps(
         {
@@ -241,9 +246,10 @@ class Matcher:
                     positions_dirty = stats_dirty = must_decide = True
                     continue
                 entries, data = turn.entries, turn.snapshot
-                # Entries without a snapshot only if another process trimmed the outbox
-                # between the two reads: decide on the next turn all the same.
-                must_decide = data is None and bool(entries)
+                # Entries without a snapshot: quiet ones (no decision owed), or another
+                # process trimmed the outbox between the two reads: then decide on the
+                # next turn all the same.
+                must_decide = data is None and not all(map(_quiet, entries))
                 # Redis' clock sets the deadlines; only the distance is used here,
                 # so a skewed local clock cannot make timers fire early or late.
                 due_in_ms, more = turn.timers
@@ -331,8 +337,8 @@ class Matcher:
         entries after it (the commit's among them) on the commit's round trip.
         Returns (offers made, those entries, settled): settled when every offer
         decided was made, the snapshot held the whole general line, and no entry
-        but the commit's own came after the snapshot; a decision on the state that
-        left would then make no offer."""
+        but the commit's own and quiet ones came after the snapshot; a decision on
+        the state that left would then make no offer."""
         started = time.perf_counter()
         decision = flow.decide(_snapshot(data))
         stretch = _stretch_json(decision.stretch)
@@ -354,7 +360,7 @@ class Matcher:
             # The snapshot reads the general line up to the free slots plus a lookahead:
             # unless it read the whole line or every slot was filled, more may wait.
             and (len(data["general"]) < free_slots + GENERAL_LOOKAHEAD or made >= free_slots)
-            and all(_entry_id(entry) == own_id for entry in entries)
+            and all(_entry_id(entry) == own_id or _quiet(entry) for entry in entries)
         )
         return made, entries, settled
 

@@ -49,5 +49,5 @@ emit(aid, {type = 'assigned', request_id = rid, session_id = sid,
 local line = 'general'
 if req.aid ~= '' then line = 'direct' end
 metric('wait', line, now - tonumber(req.created))
-flush()
+flush(true)  -- no load, line, status or flow changed: nothing for a new decision
 return {'ok'}

@@ -51,9 +51,14 @@ local function emit(uid, frame, sock, op)
   OUT.ev[#OUT.ev + 1] = {uid, frame, sock or '', op or ''}
 end
 local function metric(name, a, b) OUT.m[#OUT.m + 1] = {name, a or '', b or 0} end
--- Returns the entry's id, or nil when there was nothing to append.
-local function flush()
+-- Returns the entry's id, or nil when there was nothing to append. A quiet entry
+-- ('q' field) records a change that no snapshot field sees (an accept: the offer's
+-- slot becomes the session's), so the matcher takes no snapshot for it.
+local function flush(quiet)
   if #OUT.pg + #OUT.ev + #OUT.m > 0 then
+    if quiet then
+      return redis.call('XADD', k('outbox'), '*', 'd', cjson.encode(OUT), 'q', '1')
+    end
     return redis.call('XADD', k('outbox'), '*', 'd', cjson.encode(OUT))
   end
 end

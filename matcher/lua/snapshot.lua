@@ -1,7 +1,8 @@
 -- snapshot.lua: what the flow algorithm needs for one decision, read atomically.
 -- KEYS[1] match base
 -- ARGV[1] fencing token  ARGV[2] extra general requests to read beyond the free slots
--- ARGV[3] (optional) an outbox entry id: read nothing unless the outbox holds a later entry
+-- ARGV[3] (optional) an outbox entry id: read nothing unless the outbox holds a later
+--   entry that is not quiet (lib.lua flush)
 -- Returns {'ok', JSON} with JSON = {astrologers: [[id, weight, capacity, load, is_top,
 -- flow_enabled, idle_ms]], general: [[rid, seq, [excluded]]], direct: {aid: [[rid, seq, []]]},
 -- top_flow, boost, stretch}; {'ok', ''} when nothing changed after ARGV[3];
@@ -9,9 +10,15 @@
 if redis.call('GET', k('fence')) ~= ARGV[1] then return err('fenced') end
 if not require_alive() then return err('unavailable') end
 -- Every change appends to the outbox, so an outbox with nothing after the matcher's
--- last read means the last decision still holds (the matcher asks on each wake-up).
-if ARGV[3] and #redis.call('XREVRANGE', k('outbox'), '+', '(' .. ARGV[3], 'COUNT', 1) == 0 then
-  return {'ok', ''}
+-- last read but quiet entries means the last decision still holds (the matcher asks
+-- on each wake-up). Past the first few entries, a change is assumed.
+if ARGV[3] then
+  local newer = redis.call('XRANGE', k('outbox'), '(' .. ARGV[3], '+', 'COUNT', 8)
+  local changed = #newer == 8
+  for _, entry in ipairs(newer) do
+    if #entry[2] == 2 then changed = true end  -- {'d', JSON}: not quiet
+  end
+  if not changed then return {'ok', ''} end
 end
 local astrologers, direct = {}, {}
 local free_total = 0

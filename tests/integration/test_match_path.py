@@ -169,17 +169,23 @@ def _decisions() -> float:
     return metrics.REGISTRY.get_sample_value("astroq_matcher_decision_seconds_count") or 0.0
 
 
-async def test_a_decision_that_saw_everything_is_not_taken_again(service: Service) -> None:
+async def test_a_decision_is_taken_only_when_it_could_find_something(service: Service) -> None:
     """After its commit the matcher decides again only when something else changed
     since its snapshot: a decision on the state it made itself would find nothing,
-    and cost a snapshot."""
+    and cost a snapshot. Nor does an accept lead to one."""
     console = await service.online(await service.astrologer(capacity=2))
     page = await service.connect(await service.user())
     await asyncio.sleep(0.5)  # the matcher has seen the astrologer come online
     before = _decisions()
     await page.ok({"type": "request", "kind": "chat", "astrologer_id": None})
-    await console.wait_for("offer")
+    offer = await console.wait_for("offer")
     await asyncio.sleep(0.5)
+    assert _decisions() - before == 1, _decisions() - before
+    # An accept changes nothing a decision reads (the offer's slot becomes the
+    # session's): its entry is quiet, and the matcher takes no snapshot for it.
+    await console.ok({"type": "accept", "offer_id": offer["offer_id"]})
+    await page.wait_for("assigned")
+    await asyncio.sleep(0.3)
     assert _decisions() - before == 1, _decisions() - before
     # A second request still gets the astrologer's second slot at once.
     await (await service.connect(await service.user())).ok({"type": "request", "kind": "chat", "astrologer_id": None})

@@ -72,6 +72,15 @@ async def test_a_turn_snapshots_only_what_changed_and_wakes_with_it(live: tuple[
     assert quiet.alive and quiet.entries == [] and quiet.snapshot is None
     owed = await store.turn(last.decode(), None, token, 3, 10, 10, always_snapshot=True)
     assert owed.snapshot is not None
+    # Quiet entries (an accept's) come back without a snapshot; a change after them brings one.
+    first = last
+    for _ in range(3):
+        last = await redis.xadd(keys.outbox, {"d": b"{}", "q": b"1"})
+    skipped = await store.turn(first.decode(), None, token, 3, 10, 10, always_snapshot=False)
+    assert len(skipped.entries) == 3 and skipped.snapshot is None
+    changed = await redis.xadd(keys.outbox, {"d": b"{}"})
+    assert (await store.turn(first.decode(), None, token, 3, 10, 10, always_snapshot=False)).snapshot
+    await redis.xdel(keys.outbox, changed)
     # Blocked on the outbox: the entry that ends the wait comes with a snapshot taken after it.
     waiting = asyncio.create_task(store.turn(last.decode(), 5_000, token, 3, 10, 10, always_snapshot=False))
     await asyncio.sleep(0.1)
