@@ -284,6 +284,9 @@ class Matcher:
                 if entries:
                     await self.journal.persist(entries)
                     last_id = entries[-1][0]
+                    # Quiet entries bring no snapshot, but an accept still moves the
+                    # admin's stats (waiting, assigned today).
+                    positions_dirty = stats_dirty = True
                 clock = time.monotonic()
                 lines = None
                 if positions_dirty and clock >= positions_due:

@@ -745,6 +745,20 @@ async def test_admin_stats_follow_changes_that_come_close_together(service: Serv
     assert frame["waiting"] == 2
 
 
+async def test_admin_stats_follow_an_accept(service: Service) -> None:
+    """An accept moves no line and no load, but the stats: waiting and assigned today."""
+    assert service.admin is not None
+    console = await service.online(await service.astrologer())
+    await request(await service.connect(await service.user()))
+    offer = await console.wait_for("offer")
+    admin = await service.connect(service.admin)
+    await admin.wait_for("stats", timeout=3, waiting=1, assigned_today=0)
+    await asyncio.sleep(1.2)  # the stats owed for the offer have gone out
+    await console.ok({"type": "accept", "offer_id": offer["offer_id"]})
+    frame = await admin.wait_for("stats", timeout=3, assigned_today=1)
+    assert frame["waiting"] == 0
+
+
 async def test_admin_stats_at_most_once_a_second(service: Service) -> None:
     assert service.admin is not None
     admin = await service.connect(service.admin)
