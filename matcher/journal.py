@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from matcher.keys import Keys
-from matcher.store import Store
+from matcher.store import Store, entry_id
 from server import metrics
 from server.errors import AstroqError
 
@@ -78,11 +78,17 @@ def publish_fanout(pipe: Pipeline, keys: Keys, lines: list[bytes]) -> None:
         pipe.publish(channel, b"\n".join(lines[start : start + FANOUT_BATCH]))
 
 
+def _entry_data(entry: tuple[Any, dict[Any, Any]]) -> dict[str, Any]:
+    fields = entry[1]
+    data: dict[str, Any] = orjson.loads(fields[b"d"] if b"d" in fields else fields["d"])
+    return data
+
+
 def parse_entries(entries: Iterable[tuple[Any, dict[Any, Any]]], keys: Keys) -> Batch:
     batch = Batch()
-    for entry_id, fields in entries:
-        batch.ids.append(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
-        data = orjson.loads(fields[b"d"] if b"d" in fields else fields["d"])
+    for entry in entries:
+        batch.ids.append(entry_id(entry))
+        data = _entry_data(entry)
         for op, row in _list(data.get("pg")):
             batch.rows[op].append(row)
         for uid, frame, socket_id, frame_op in _list(data.get("ev")):
@@ -144,8 +150,7 @@ class Journal:
         """The record refused a change (its account was deleted meanwhile): the frame
         that asked for it is answered with an error, and a request that exists only
         in Redis is taken out of its line again."""
-        fields = entry[1]
-        data = orjson.loads(fields[b"d"] if b"d" in fields else fields["d"])
+        data = _entry_data(entry)
         pipe = self.redis.pipeline(transaction=False)
         for uid, _frame, socket_id, op in _list(data.get("ev")):
             if op:

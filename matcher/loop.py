@@ -32,7 +32,7 @@ from matcher.keys import Keys
 from matcher.positions import Positions, admin_message
 from matcher.rebuild import rebuild
 from matcher.stats import admin_stats
-from matcher.store import Fenced, Store
+from matcher.store import Fenced, Store, entry_id, is_quiet
 from server import errors, metrics
 from server.settings import Settings
 
@@ -93,16 +93,6 @@ def _snapshot(data: dict[str, Any]) -> flow.FlowSnapshot:
         boost=float(data["boost"]),
         stretch=stretch,
     )
-
-
-def _entry_id(entry: Any) -> str:
-    entry_id = entry[0]
-    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-
-
-def _quiet(entry: Any) -> bool:
-    """An outbox entry no snapshot sees (lib.lua flush): it needs no decision."""
-    return b"q" in entry[1] or "q" in entry[1]
 
 
 def _stretch_json(stretch: flow.Stretch) -> bytes:
@@ -249,7 +239,7 @@ class Matcher:
                 # Entries without a snapshot: quiet ones (no decision owed), or another
                 # process trimmed the outbox between the two reads: then decide on the
                 # next turn all the same.
-                must_decide = data is None and not all(map(_quiet, entries))
+                must_decide = data is None and not all(map(is_quiet, entries))
                 # Redis' clock sets the deadlines; only the distance is used here,
                 # so a skewed local clock cannot make timers fire early or late.
                 due_in_ms, more = turn.timers
@@ -266,7 +256,6 @@ class Matcher:
                     made, committed, settled = await self._decide(
                         data, entries[-1][0] if entries else last_id
                     )
-                    positions_dirty = stats_dirty = True
                     if committed:
                         # Read past the decision, so the next read will not show
                         # these. When one of them is a change that came after the
@@ -284,8 +273,8 @@ class Matcher:
                 if entries:
                     await self.journal.persist(entries)
                     last_id = entries[-1][0]
-                    # Quiet entries bring no snapshot, but an accept still moves the
-                    # admin's stats (waiting, assigned today).
+                    # Every change is an entry, a quiet one too (an accept still
+                    # moves the admin's stats: waiting, assigned today).
                     positions_dirty = stats_dirty = True
                 clock = time.monotonic()
                 lines = None
@@ -363,7 +352,7 @@ class Matcher:
             # The snapshot reads the general line up to the free slots plus a lookahead:
             # unless it read the whole line or every slot was filled, more may wait.
             and (len(data["general"]) < free_slots + GENERAL_LOOKAHEAD or made >= free_slots)
-            and all(_entry_id(entry) == own_id or _quiet(entry) for entry in entries)
+            and all(entry_id(entry) == own_id or is_quiet(entry) for entry in entries)
         )
         return made, entries, settled
 

@@ -114,6 +114,16 @@ def _commit_args(
     return args
 
 
+def entry_id(entry: Any) -> str:
+    """An outbox entry's id, as text."""
+    return _text(entry[0])
+
+
+def is_quiet(entry: Any) -> bool:
+    """An outbox entry no snapshot sees (lib.lua flush): it owes no decision."""
+    return b"q" in entry[1] or "q" in entry[1]
+
+
 def _entries(reply: Any) -> list[Any]:
     return list(reply[0][1]) if reply else []  # [[stream, [(id, fields), ...]]]
 

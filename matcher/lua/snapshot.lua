@@ -16,7 +16,7 @@ if ARGV[3] then
   local newer = redis.call('XRANGE', k('outbox'), '(' .. ARGV[3], '+', 'COUNT', 8)
   local changed = #newer == 8
   for _, entry in ipairs(newer) do
-    if #entry[2] == 2 then changed = true end  -- {'d', JSON}: not quiet
+    if #entry[2] == 2 then changed = true break end  -- {'d', JSON}: not quiet
   end
   if not changed then return {'ok', ''} end
 end
