@@ -668,7 +668,11 @@ class Gateway:
         except REDIS_DOWN as exc:
             log.warning("client queue of %s stalled: %r", account_id, exc)
         finally:
-            self.drainers.pop(account_id, None)
+            # Once next.lua has freed the queue, another of this client's frames may
+            # take it and register its own drainer before this one gets here: that
+            # one stays registered, or a frame behind it would adopt the queue too.
+            if self.drainers.get(account_id) is asyncio.current_task():
+                del self.drainers[account_id]
 
     async def _apply(self, item: bytes) -> None:
         """Applies one frame. The queue's next frame follows as soon as this one is

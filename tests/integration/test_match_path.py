@@ -190,3 +190,23 @@ async def test_a_decision_is_taken_only_when_it_could_find_something(service: Se
     # A second request still gets the astrologer's second slot at once.
     await (await service.connect(await service.user())).ok({"type": "request", "kind": "chat", "astrologer_id": None})
     await console.wait_for("offer")
+
+
+async def test_a_drainer_that_ends_leaves_a_newer_one_in_place(service: Service) -> None:
+    """SPEC §5, one frame at a time per client: once a drainer's next.lua has freed
+    the client's queue, the client's next frame may take it and register its own
+    drainer before the first one has finished. Had the first one unregistered the
+    newer one, a frame behind it would find no drainer and adopt the queue, and two
+    drainers would apply the client's frames at once."""
+    server = service._servers[0][0]
+    gateway = server.config.app.state.services.gateway
+    user = await service.user()
+    await service.connect(user)
+    newer = asyncio.get_running_loop().create_future()  # the drainer registered since
+    gateway.drainers[user.id] = newer
+    try:
+        await gateway._drain(user.id, None)  # the queue is empty: it frees it and ends
+        assert gateway.drainers.get(user.id) is newer
+    finally:
+        gateway.drainers.pop(user.id, None)
+        newer.cancel()
