@@ -43,6 +43,9 @@ POSITIONS_EVERY_S = 0.1  # coalescing window for positions (SPEC: within 1 s)
 STATS_EVERY_S = 1.0  # admin stats at most once a second (SPEC §4)
 REAP_EVERY_S = 1.0
 MAX_BLOCK_S = 0.25  # also bounds how late a Redis data loss is noticed
+# The roster is read whole now and then all the same: commit.lua re-checks every
+# offer, so a row gone stale could cost only offers not made, and this bounds that.
+ROSTER_READ_WHOLE_EVERY_S = 10.0
 
 
 def now_ms() -> int:
@@ -95,6 +98,10 @@ def _snapshot(data: dict[str, Any]) -> flow.FlowSnapshot:
     )
 
 
+def _free_slots(rows: Any) -> int:
+    return sum(max(0, row[2] - row[3]) for row in rows)
+
+
 def _stretch_json(stretch: flow.Stretch) -> bytes:
     return orjson.dumps(
         {
@@ -129,6 +136,9 @@ class Matcher:
         )
         self.leader = asyncio.Event()
         self.token = ""
+        # The online astrologers' snapshot rows, kept between turns: a turn's snapshot
+        # reads only those that changed (snapshot.lua). None: read them all next.
+        self.roster: dict[str, list[Any]] | None = None
         self._lease_ms = int(settings.matcher_lease_s * 1000)
         self._grace_ms = int(settings.reconnect_grace_s * 1000)
 
@@ -199,6 +209,7 @@ class Matcher:
             self.leader.clear()
             metrics.MATCHER_LEADER.set(0)
             self.positions.forget_all()
+            self.roster = None
 
     # ---- the active matcher's loop ---------------------------------------------------
     async def _work(self) -> None:
@@ -208,9 +219,13 @@ class Matcher:
         positions_dirty = stats_dirty = True
         must_decide = True  # a new leader decides at once: the last one may have died mid-pass
         backoff_s = 0.05
+        roster_read_whole_due = 0.0
         while True:
             try:
                 clock = time.monotonic()
+                if clock >= roster_read_whole_due:
+                    roster_read_whole_due = clock + ROSTER_READ_WHOLE_EVERY_S
+                    self.roster = None
                 block_s = MAX_BLOCK_S
                 if next_due_ms:
                     block_s = min(block_s, max(0.0, (next_due_ms - now_ms()) / 1000))
@@ -229,13 +244,17 @@ class Matcher:
                     500,
                     GENERAL_LOOKAHEAD,
                     always_snapshot=must_decide,
+                    roster_free=None if self.roster is None else _free_slots(self.roster.values()),
                 )
                 if not turn.alive:
+                    self.roster = None
                     await self._rebuild()
                     last_id = "0-0"
                     positions_dirty = stats_dirty = must_decide = True
                     continue
                 entries, data = turn.entries, turn.snapshot
+                if data is not None:
+                    self._update_roster(data)
                 # Entries without a snapshot: quiet ones (no decision owed), or another
                 # process trimmed the outbox between the two reads: then decide on the
                 # next turn all the same.
@@ -299,14 +318,30 @@ class Matcher:
                 return
             except errors.Unavailable:
                 unless_cancelled()
+                self.roster = None
                 continue  # live state vanished between two steps; rebuild on the next turn
             except (*STORES_DOWN, asyncpg.PostgresError) as exc:
                 # Redis or PostgreSQL is away: nothing is lost (the outbox keeps
-                # what is not yet persisted); retry until they answer again.
+                # what is not yet persisted); retry until they answer again. A reply
+                # lost on the way may have held roster changes: read it whole.
                 unless_cancelled()
+                self.roster = None
                 log.warning("matcher waiting for its stores: %r", exc)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(1.0, backoff_s * 2)
+
+    def _update_roster(self, data: dict[str, Any]) -> None:
+        """Folds the snapshot's rows into the roster (all of them, or the changed ones)
+        and gives the snapshot the whole roster."""
+        rows = data["astrologers"] if isinstance(data["astrologers"], list) else []
+        if not data.get("changed_only") or self.roster is None:
+            self.roster = {}
+        for row in rows:
+            if row[7]:
+                self.roster[row[0]] = row
+            else:
+                self.roster.pop(row[0], None)  # no longer online
+        data["astrologers"] = list(self.roster.values())
 
     async def _rebuild(self) -> None:
         await rebuild(
@@ -320,8 +355,12 @@ class Matcher:
         self.positions.forget_all()
 
     async def decide(self) -> int:
-        """One decision on a fresh snapshot, committed. Returns offers made."""
-        made, _, _ = await self._decide(await self.store.snapshot(self.token, GENERAL_LOOKAHEAD), None)
+        """One decision, committed, as a turn takes it: on the roster kept from the
+        last snapshot and the rows changed since. Returns offers made."""
+        roster_free = None if self.roster is None else _free_slots(self.roster.values())
+        data = await self.store.snapshot(self.token, GENERAL_LOOKAHEAD, roster_free)
+        self._update_roster(data)
+        made, _, _ = await self._decide(data, None)
         return made
 
     async def _decide(self, data: dict[str, Any], read_after: str | None) -> tuple[int, list[Any], bool]:
@@ -346,12 +385,15 @@ class Matcher:
         elif read_after is not None:
             entries = await self.store.outbox(read_after)
         metrics.DECISION_TIME.observe(time.perf_counter() - started)
-        free_slots = sum(max(0, a[2] - a[3]) for a in data["astrologers"] or ())
+        if made < len(decision.offers):
+            self.roster = None  # an offer refused may mean a stale row: read them all next
+        free_slots = _free_slots(data["astrologers"] or ())
+        general_limit = data.get("general_limit", free_slots + GENERAL_LOOKAHEAD)
         settled = (
             made == len(decision.offers)
             # The snapshot reads the general line up to the free slots plus a lookahead:
             # unless it read the whole line or every slot was filled, more may wait.
-            and (len(data["general"]) < free_slots + GENERAL_LOOKAHEAD or made >= free_slots)
+            and (len(data["general"]) < general_limit or made >= free_slots)
             and all(entry_id(entry) == own_id or is_quiet(entry) for entry in entries)
         )
         return made, entries, settled

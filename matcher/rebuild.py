@@ -133,6 +133,8 @@ def _write_live_state(
             },
         )
         pipe.zadd(m(f"line:{aid}" if aid else "line:general"), {rid: r["seq"]})
+        if aid:
+            pipe.sadd(m("directs"), aid)  # snapshot.lua reads these lines (lib.lua)
         pipe.hset(m("owner"), rid, r["user_id"])
         pipe.hset(m(f"user:{r['user_id']}"), "req", rid)
         pipe.zadd(m("deadline:grace"), {r["user_id"]: now_ms + grace_ms})

@@ -281,8 +281,13 @@ class Store:
     async def release(self, matcher_id: str) -> bool:
         return bool(int(await self._match("release", matcher_id)))
 
-    async def snapshot(self, token: str, extra_general: int) -> dict[str, Any]:
-        return _snapshot_reply(await self._match("snapshot", token, extra_general))
+    async def snapshot(
+        self, token: str, extra_general: int, roster_free: int | None = None
+    ) -> dict[str, Any]:
+        """snapshot.lua; with `roster_free`, only the astrologers changed since the
+        last such read (see turn())."""
+        extra = [] if roster_free is None else ["", "1", roster_free]
+        return _snapshot_reply(await self._match("snapshot", token, extra_general, *extra))
 
     async def commit(
         self,
@@ -312,6 +317,7 @@ class Store:
         limit: int,
         extra_general: int,
         always_snapshot: bool,
+        roster_free: int | None = None,
     ) -> Turn:
         """The matcher's turn, read in one round trip: the outbox entries after `after`
         (waiting up to block_ms for one; None: not at all), whether live state is
@@ -322,8 +328,12 @@ class Store:
         asked after the wait: asked before, the answer could be 250 ms old when it
         says "lost", by when a standby may have rebuilt and be matching, and a
         second rebuild would wipe its offers out of Redis while they still went to
-        PostgreSQL."""
-        snapshot_args = [token, extra_general] + ([] if always_snapshot else [after])
+        PostgreSQL. With `roster_free` (the free slots of the roster the caller
+        holds) the snapshot holds only the astrologers changed since the last such
+        read (snapshot.lua)."""
+        snapshot_args = [token, extra_general, "" if always_snapshot else after]
+        if roster_free is not None:
+            snapshot_args += ["1", roster_free]
         read, alive, timers, snapshot = await self._pipelined(
             [("timers", [token, max_missed, limit]), ("snapshot", snapshot_args)],
             read_before=(after, block_ms),

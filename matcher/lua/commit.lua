@@ -42,6 +42,7 @@ for i = 4, #ARGV, 4 do
     redis.call('SADD', k('astoffers:' .. aid), oid)
     redis.call('HINCRBY', k('ast:' .. aid), 'load', 1)
     redis.call('HSET', k('ast:' .. aid), 'idle', now)
+    touch(aid)
     pg('offer', {id = oid, rid = rid, aid = aid, direct = direct == '1', at = now, exp = exp})
     emit(aid, {type = 'offer', offer_id = oid, request_id = rid, kind = req.kind,
                direct = direct == '1', user = {id = req.user, name = req.uname},

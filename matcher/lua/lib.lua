@@ -13,6 +13,9 @@
 --   user:<uid>            hash: req=<rid> or sess=<sid> (at most one open item)
 --   ast:<aid>             hash: name weight capacity is_top flow_enabled status load missed idle
 --   asts / online         sets: every astrologer / those whose status is online
+--   astdirty              set: astrologers whose snapshot row changed since the
+--                         matcher last read the changes (snapshot.lua, ARGV[4])
+--   directs               set: astrologers whose own line may hold requests
 --   astoffers:<aid>       set of open offer ids;  astsess:<aid>  set of session ids
 --   offer:<oid>           hash: rid aid direct created exp
 --   offerdone:<oid>       the astrologer of an offer that has ended (1 h), for offer_expired
@@ -107,8 +110,20 @@ local function eta_of(req, position)
   return math.ceil(position / cap) * avg_ms / 1000
 end
 
+-- The matcher keeps the roster between snapshots and reads only the rows that
+-- changed: every change to a field snapshot.lua reads (weight, capacity, load,
+-- is_top, flow_enabled, idle, online) marks its astrologer.
+local function touch(aid) redis.call('SADD', k('astdirty'), aid) end
+
 local function add_load(aid, delta)
   redis.call('HINCRBY', k('ast:' .. aid), 'load', delta)
+  touch(aid)
+end
+
+-- Into its line at its place (seq).
+local function enqueue_request(rid, req)
+  redis.call('ZADD', line_of(req), req.seq, rid)
+  if req.aid ~= '' then redis.call('SADD', k('directs'), req.aid) end
 end
 
 -- Removes a live request everywhere and records how it ended.
@@ -131,7 +146,7 @@ end
 -- Back to its line at its old place (its seq), no longer under offer.
 local function requeue(rid, req, excluded_aid)
   redis.call('HSET', k('req:' .. rid), 'state', 'waiting', 'offer', '')
-  redis.call('ZADD', line_of(req), req.seq, rid)
+  enqueue_request(rid, req)
   if excluded_aid then redis.call('SADD', k('excl:' .. rid), excluded_aid) end
 end
 
@@ -158,6 +173,7 @@ end
 
 local function set_status(aid, status, reason, now)
   redis.call('HSET', k('ast:' .. aid), 'status', status)
+  touch(aid)
   if status == 'online' then
     redis.call('SADD', k('online'), aid)
   else

@@ -19,7 +19,7 @@ local req = {id = rid, user = uid, uname = uname, kind = kind, aid = aid, seq = 
              created = now, state = 'waiting', offer = ''}
 redis.call('HSET', k('req:' .. rid), 'id', rid, 'user', uid, 'uname', uname, 'kind', kind,
            'aid', aid, 'seq', seq, 'created', now, 'state', 'waiting', 'offer', '')
-redis.call('ZADD', line_of(req), seq, rid)
+enqueue_request(rid, req)
 redis.call('HSET', k('owner'), rid, uid)
 redis.call('HSET', k('user:' .. uid), 'req', rid)
 if max_wait_ms > 0 then redis.call('ZADD', k('deadline:wait'), now + max_wait_ms, rid) end

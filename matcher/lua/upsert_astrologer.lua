@@ -11,6 +11,7 @@ if redis.call('HEXISTS', a, 'status') == 0 then
   redis.call('HSET', a, 'status', 'offline', 'load', 0, 'missed', 0, 'idle', 0)
 end
 redis.call('SADD', k('asts'), aid)
+touch(aid)
 redis.call('INCR', k('config'))  -- a rebuild that read the record before this reads it again
 metric('nudge')  -- wakes the matcher: capacity or flow may have changed
 flush()

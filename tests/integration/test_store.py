@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import orjson
 import pytest
@@ -14,8 +15,11 @@ from redis.exceptions import NoScriptError
 from matcher.aio import REDIS_DOWN
 from matcher.journal import FANOUT_ACCOUNT
 from matcher.keys import Keys
+from matcher.loop import Matcher
 from matcher.positions import FANOUT_PER_PASS, Positions
 from matcher.store import Store
+from server.errors import AstroqError
+from server.settings import Settings
 from server.ws import ScriptBatcher
 
 
@@ -181,3 +185,73 @@ async def test_a_long_line_hears_its_positions_in_turns_and_none_is_starved(
                 assert all(step - last_heard[owner] < turns + 1 for owner in waiting)
     finally:
         await pubsub.aclose()
+
+
+async def test_a_roster_kept_from_changed_rows_matches_a_whole_read(live: tuple[Redis, Keys]) -> None:
+    """The matcher keeps the online astrologers' rows between turns and reads only
+    those that changed (snapshot.lua, astdirty). Through a long random run of every
+    script that changes an astrologer (status, capacity and weight, offers made,
+    accepted, declined, expired and withdrawn, sessions ended, requests direct and
+    general, breaks for missed offers), the kept roster and the direct lines it
+    reads stay what a whole read finds, and the general line it reads starts with
+    what a whole read takes."""
+    redis, keys = live
+    store = Store(redis, keys)
+    token = (await store.lease("m1", 60_000)).token
+    await redis.set(keys.alive, "1")
+    await redis.hset(keys.flow, mapping={"top_flow": "on", "boost": "2.0"})
+    settings = Settings(redis_prefix=keys.prefix, offer_timeout_s=0.05, max_wait_s=0.0)
+    matcher = Matcher(settings, redis, pool=None)  # type: ignore[arg-type]  # decide() needs no PostgreSQL
+    matcher.token = token
+    rng = random.Random(7)
+    astrologers = [str(uuid.uuid4()) for _ in range(8)]
+    users = [str(uuid.uuid4()) for _ in range(30)]
+    for aid in astrologers:
+        await store.upsert_astrologer(aid, "a", 1.0, rng.randint(1, 3), rng.random() < 0.3, True)
+        await store.set_status(aid, "online", "", "", None)
+    matcher.roster = None
+
+    async def kept() -> dict[str, Any]:
+        free = None if matcher.roster is None else sum(max(0, r[2] - r[3]) for r in matcher.roster.values())
+        data = await store.snapshot(token, 64, roster_free=free)
+        matcher._update_roster(data)
+        return data
+
+    await kept()
+    for step in range(400):
+        action = rng.choice(["request", "request", "decide", "answer", "answer", "end", "status",
+                             "upsert", "expire"])
+        try:
+            if action == "request":
+                target = rng.choice([None, None, rng.choice(astrologers)])
+                await store.request(rng.choice(users), "u", str(uuid.uuid4()), "chat", target, "", "", None, 0)
+            elif action == "decide":
+                await matcher.decide()
+            elif action == "answer":
+                aid = rng.choice(astrologers)
+                offers = await redis.smembers(keys.m(f"astoffers:{aid}"))
+                if offers:
+                    verb = rng.choice(["accept", "decline"])
+                    await store.answer(aid, rng.choice(sorted(offers)).decode(), verb, str(uuid.uuid4()), "", "", None)
+            elif action == "end":
+                aid = rng.choice(astrologers)
+                sessions = await redis.smembers(keys.m(f"astsess:{aid}"))
+                if sessions:
+                    await store.end(aid, "astrologer", rng.choice(sorted(sessions)).decode(), "", "", None)
+            elif action == "status":
+                await store.set_status(rng.choice(astrologers), rng.choice(["online", "online", "break", "offline"]), "", "", None)
+            elif action == "upsert":
+                await store.upsert_astrologer(rng.choice(astrologers), "a", rng.choice([0.5, 1.0, 2.0]),
+                                              rng.randint(1, 3), rng.random() < 0.3, rng.random() < 0.8)
+            else:
+                await asyncio.sleep(0.06)  # open offers run out (offer_timeout_s 0.05)
+                await store.timers(token, 2, 100)
+        except AstroqError:
+            pass  # refused as a client would be (already_open, offer_expired, ...): nothing changed
+        data = await kept()
+        whole = await store.snapshot(token, 64)
+        assert matcher.roster is not None
+        assert sorted(matcher.roster.values()) == sorted(whole["astrologers"]), (step, action)
+        assert (data["direct"] or {}) == (whole["direct"] or {}), (step, action)
+        general, whole_general = (g if isinstance(g, list) else [] for g in (data["general"], whole["general"]))
+        assert general[: len(whole_general)] == whole_general, (step, action)
