@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Iterable
 
 import asyncpg
 import orjson
@@ -52,7 +52,23 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _snapshot(data: dict[str, Any]) -> flow.FlowSnapshot:
+def _astrologer(row: list[Any]) -> flow.Astrologer:
+    return flow.Astrologer(
+        id=row[0],
+        weight=float(row[1]),
+        capacity=int(row[2]),
+        load=int(row[3]),
+        is_top=bool(row[4]),
+        flow_enabled=bool(row[5]),
+        idle_since_ms=int(row[6]),
+    )
+
+
+def _free_slots(astrologers: Iterable[flow.Astrologer]) -> int:
+    return sum(a.capacity - a.load for a in astrologers)
+
+
+def _snapshot(data: dict[str, Any], astrologers: tuple[flow.Astrologer, ...]) -> flow.FlowSnapshot:
     stretch = flow.Stretch()
     if data["stretch"]:
         raw = orjson.loads(data["stretch"])
@@ -63,22 +79,6 @@ def _snapshot(data: dict[str, Any]) -> flow.FlowSnapshot:
             vtime=float(raw.get("vtime", 0.0)),
             passes=raw.get("passes") or {},
         )
-    # Only free astrologers: decide() never looks at one with no room (every path
-    # checks load < capacity), and with thousands online building the busy ones
-    # cost more than the decision (30 ms of 130 ms with 10,000 online).
-    astrologers = tuple(
-        flow.Astrologer(
-            id=a[0],
-            weight=float(a[1]),
-            capacity=int(a[2]),
-            load=int(a[3]),
-            is_top=bool(a[4]),
-            flow_enabled=bool(a[5]),
-            idle_since_ms=int(a[6]),
-        )
-        for a in (data["astrologers"] if isinstance(data["astrologers"], list) else [])
-        if int(a[3]) < int(a[2])
-    )
     general = tuple(
         flow.Waiting(w[0], int(w[1]), frozenset(w[2] if isinstance(w[2], list) else ()))
         for w in (data["general"] if isinstance(data["general"], list) else [])
@@ -96,10 +96,6 @@ def _snapshot(data: dict[str, Any]) -> flow.FlowSnapshot:
         boost=float(data["boost"]),
         stretch=stretch,
     )
-
-
-def _free_slots(rows: Any) -> int:
-    return sum(max(0, row[2] - row[3]) for row in rows)
 
 
 def _stretch_json(stretch: flow.Stretch) -> bytes:
@@ -136,9 +132,11 @@ class Matcher:
         )
         self.leader = asyncio.Event()
         self.token = ""
-        # The online astrologers' snapshot rows, kept between turns: a turn's snapshot
-        # reads only those that changed (snapshot.lua). None: read them all next.
-        self.roster: dict[str, list[Any]] | None = None
+        # The free online astrologers, kept between turns: a turn's snapshot reads
+        # only those that changed (snapshot.lua). Only free ones: decide() never
+        # looks at one with no room, and one that gets room has changed. None:
+        # read them all next.
+        self.roster: dict[str, flow.Astrologer] | None = None
         self._lease_ms = int(settings.matcher_lease_s * 1000)
         self._grace_ms = int(settings.reconnect_grace_s * 1000)
 
@@ -253,8 +251,6 @@ class Matcher:
                     positions_dirty = stats_dirty = must_decide = True
                     continue
                 entries, data = turn.entries, turn.snapshot
-                if data is not None:
-                    self._update_roster(data)
                 # Entries without a snapshot: quiet ones (no decision owed), or another
                 # process trimmed the outbox between the two reads: then decide on the
                 # next turn all the same.
@@ -273,7 +269,7 @@ class Matcher:
                     # the offer does not wait for a second fsync. Frames still go out
                     # only after that commit, in outbox order.
                     made, committed, settled = await self._decide(
-                        data, entries[-1][0] if entries else last_id
+                        data, self._update_roster(data), entries[-1][0] if entries else last_id
                     )
                     if committed:
                         # Read past the decision, so the next read will not show
@@ -330,18 +326,17 @@ class Matcher:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(1.0, backoff_s * 2)
 
-    def _update_roster(self, data: dict[str, Any]) -> None:
-        """Folds the snapshot's rows into the roster (all of them, or the changed ones)
-        and gives the snapshot the whole roster."""
+    def _update_roster(self, data: dict[str, Any]) -> dict[str, flow.Astrologer]:
+        """Folds the snapshot's rows (all of them, or the changed ones) into the roster."""
         rows = data["astrologers"] if isinstance(data["astrologers"], list) else []
-        if not data.get("changed_only") or self.roster is None:
-            self.roster = {}
+        roster = self.roster if data.get("changed_only") and self.roster is not None else {}
         for row in rows:
-            if row[7]:
-                self.roster[row[0]] = row
+            if row[7] and int(row[3]) < int(row[2]):
+                roster[row[0]] = _astrologer(row)
             else:
-                self.roster.pop(row[0], None)  # no longer online
-        data["astrologers"] = list(self.roster.values())
+                roster.pop(row[0], None)  # busy, or no longer online
+        self.roster = roster
+        return roster
 
     async def _rebuild(self) -> None:
         await rebuild(
@@ -359,19 +354,22 @@ class Matcher:
         last snapshot and the rows changed since. Returns offers made."""
         roster_free = None if self.roster is None else _free_slots(self.roster.values())
         data = await self.store.snapshot(self.token, GENERAL_LOOKAHEAD, roster_free)
-        self._update_roster(data)
-        made, _, _ = await self._decide(data, None)
+        made, _, _ = await self._decide(data, self._update_roster(data), None)
         return made
 
-    async def _decide(self, data: dict[str, Any], read_after: str | None) -> tuple[int, list[Any], bool]:
-        """The decision on a snapshot, committed; with read_after, also the outbox
-        entries after it (the commit's among them) on the commit's round trip.
+    async def _decide(
+        self, data: dict[str, Any], roster: dict[str, flow.Astrologer], read_after: str | None
+    ) -> tuple[int, list[Any], bool]:
+        """The decision on a snapshot and the free astrologers (the roster), committed;
+        with read_after, also the outbox entries after it (the commit's among them)
+        on the commit's round trip.
         Returns (offers made, those entries, settled): settled when every offer
         decided was made, the snapshot held the whole general line, and no entry
         but the commit's own and quiet ones came after the snapshot; a decision on
         the state that left would then make no offer."""
         started = time.perf_counter()
-        decision = flow.decide(_snapshot(data))
+        free = tuple(roster.values())
+        decision = flow.decide(_snapshot(data, free))
         stretch = _stretch_json(decision.stretch)
         made, own_id = 0, ""
         entries: list[Any] = []
@@ -387,7 +385,7 @@ class Matcher:
         metrics.DECISION_TIME.observe(time.perf_counter() - started)
         if made < len(decision.offers):
             self.roster = None  # an offer refused may mean a stale row: read them all next
-        free_slots = _free_slots(data["astrologers"] or ())
+        free_slots = _free_slots(free)
         general_limit = data.get("general_limit", free_slots + GENERAL_LOOKAHEAD)
         settled = (
             made == len(decision.offers)
