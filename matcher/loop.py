@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import asyncpg
@@ -32,7 +33,7 @@ from matcher.keys import Keys
 from matcher.positions import Positions, admin_message
 from matcher.rebuild import rebuild
 from matcher.stats import admin_stats
-from matcher.store import Fenced, Store, entry_id, is_quiet
+from matcher.store import Fenced, Store, Sweep, entry_id, is_quiet
 from server import errors, metrics
 from server.settings import Settings
 
@@ -43,9 +44,12 @@ POSITIONS_EVERY_S = 0.1  # coalescing window for positions (SPEC: within 1 s)
 STATS_EVERY_S = 1.0  # admin stats at most once a second (SPEC §4)
 REAP_EVERY_S = 1.0
 MAX_BLOCK_S = 0.25  # also bounds how late a Redis data loss is noticed
-# The roster is read whole now and then all the same: commit.lua re-checks every
-# offer, so a row gone stale could cost only offers not made, and this bounds that.
-ROSTER_READ_WHOLE_EVERY_S = 10.0
+# The roster is read again all the same, a few rows a turn, so that every online
+# astrologer is read at least once in this time: commit.lua re-checks every offer,
+# so a row gone stale could cost only offers not made, and this bounds that. Read
+# whole at once instead, 10,000 rows would hold up the turn they fall in (~100 ms).
+ROSTER_SWEEP_S = 10.0
+SWEEP_MOST_PER_TURN = 256  # a quiet spell does not bank a whole read for later
 
 
 def now_ms() -> int:
@@ -66,6 +70,32 @@ def _astrologer(row: list[Any]) -> flow.Astrologer:
 
 def _free_slots(astrologers: Iterable[flow.Astrologer]) -> int:
     return sum(a.capacity - a.load for a in astrologers)
+
+
+@dataclass
+class RosterSweep:
+    """How much of the online set each snapshot reads again: in proportion to the
+    time since the last one, so one pass over the set takes ROSTER_SWEEP_S."""
+
+    cursor: str = "0"
+    online: int = 0
+    owed: float = 0.0
+    at: float = field(default_factory=time.monotonic)
+    asked: tuple[float, float] | None = None  # (clock, owed) of the last ask
+
+    def ask(self) -> Sweep:
+        now = time.monotonic()
+        owed = min(SWEEP_MOST_PER_TURN, self.owed + self.online * (now - self.at) / ROSTER_SWEEP_S)
+        self.asked = (now, owed)
+        return self.cursor, int(owed)
+
+    def swept(self, data: dict[str, Any]) -> None:
+        """A snapshot was taken, with the last ask or none (a snapshot not taken
+        read nothing, and the next ask owes what this one did and more)."""
+        self.at, owed = self.asked or (time.monotonic(), 0.0)
+        self.asked = None
+        self.owed = owed - int(owed)
+        self.cursor, self.online = str(data.get("sweep", "0")), int(data.get("online", 0))
 
 
 def _snapshot(data: dict[str, Any], astrologers: tuple[flow.Astrologer, ...]) -> flow.FlowSnapshot:
@@ -137,6 +167,7 @@ class Matcher:
         # looks at one with no room, and one that gets room has changed. None:
         # read them all next.
         self.roster: dict[str, flow.Astrologer] | None = None
+        self.sweep = RosterSweep()
         self._lease_ms = int(settings.matcher_lease_s * 1000)
         self._grace_ms = int(settings.reconnect_grace_s * 1000)
 
@@ -217,13 +248,9 @@ class Matcher:
         positions_dirty = stats_dirty = True
         must_decide = True  # a new leader decides at once: the last one may have died mid-pass
         backoff_s = 0.05
-        roster_read_whole_due = 0.0
         while True:
             try:
                 clock = time.monotonic()
-                if clock >= roster_read_whole_due:
-                    roster_read_whole_due = clock + ROSTER_READ_WHOLE_EVERY_S
-                    self.roster = None
                 block_s = MAX_BLOCK_S
                 if next_due_ms:
                     block_s = min(block_s, max(0.0, (next_due_ms - now_ms()) / 1000))
@@ -243,6 +270,7 @@ class Matcher:
                     GENERAL_LOOKAHEAD,
                     always_snapshot=must_decide,
                     roster_free=None if self.roster is None else _free_slots(self.roster.values()),
+                    sweep=self.sweep.ask(),
                 )
                 if not turn.alive:
                     self.roster = None
@@ -327,7 +355,9 @@ class Matcher:
                 backoff_s = min(1.0, backoff_s * 2)
 
     def _update_roster(self, data: dict[str, Any]) -> dict[str, flow.Astrologer]:
-        """Folds the snapshot's rows (all of them, or the changed ones) into the roster."""
+        """Folds the snapshot's rows (all of them, or the changed and swept ones)
+        into the roster."""
+        self.sweep.swept(data)
         rows = data["astrologers"] if isinstance(data["astrologers"], list) else []
         roster = self.roster if data.get("changed_only") and self.roster is not None else {}
         for row in rows:
@@ -353,7 +383,7 @@ class Matcher:
         """One decision, committed, as a turn takes it: on the roster kept from the
         last snapshot and the rows changed since. Returns offers made."""
         roster_free = None if self.roster is None else _free_slots(self.roster.values())
-        data = await self.store.snapshot(self.token, GENERAL_LOOKAHEAD, roster_free)
+        data = await self.store.snapshot(self.token, GENERAL_LOOKAHEAD, roster_free, self.sweep.ask())
         made, _, _ = await self._decide(data, self._update_roster(data), None)
         return made
 
@@ -383,8 +413,6 @@ class Matcher:
         elif read_after is not None:
             entries = await self.store.outbox(read_after)
         metrics.DECISION_TIME.observe(time.perf_counter() - started)
-        if made < len(decision.offers):
-            self.roster = None  # an offer refused may mean a stale row: read them all next
         free_slots = _free_slots(free)
         general_limit = data.get("general_limit", free_slots + GENERAL_LOOKAHEAD)
         settled = (

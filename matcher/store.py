@@ -96,6 +96,15 @@ def _check(reply: Any) -> list[Any]:
     return list(reply)
 
 
+# A sweep over the online astrologers: (the cursor to go on from, how many to read).
+Sweep = tuple[str, int]
+
+
+def _roster_args(roster_free: int | None, sweep: Sweep) -> list[Any]:
+    """snapshot.lua's ARGV[4..7]: the roster held, its free slots, the sweep."""
+    return ["0" if roster_free is None else "1", roster_free or 0, *sweep]
+
+
 def _snapshot_reply(reply: Any) -> dict[str, Any]:
     return orjson.loads(_check(reply)[1])
 
@@ -282,12 +291,13 @@ class Store:
         return bool(int(await self._match("release", matcher_id)))
 
     async def snapshot(
-        self, token: str, extra_general: int, roster_free: int | None = None
+        self, token: str, extra_general: int, roster_free: int | None = None, sweep: Sweep = ("0", 0)
     ) -> dict[str, Any]:
         """snapshot.lua; with `roster_free`, only the astrologers changed since the
-        last such read (see turn())."""
-        extra = [] if roster_free is None else ["", "1", roster_free]
-        return _snapshot_reply(await self._match("snapshot", token, extra_general, *extra))
+        last such read and `sweep`'s (see turn())."""
+        return _snapshot_reply(
+            await self._match("snapshot", token, extra_general, "", *_roster_args(roster_free, sweep))
+        )
 
     async def commit(
         self,
@@ -318,6 +328,7 @@ class Store:
         extra_general: int,
         always_snapshot: bool,
         roster_free: int | None = None,
+        sweep: Sweep = ("0", 0),
     ) -> Turn:
         """The matcher's turn, read in one round trip: the outbox entries after `after`
         (waiting up to block_ms for one; None: not at all), whether live state is
@@ -330,10 +341,8 @@ class Store:
         second rebuild would wipe its offers out of Redis while they still went to
         PostgreSQL. With `roster_free` (the free slots of the roster the caller
         holds) the snapshot holds only the astrologers changed since the last such
-        read (snapshot.lua)."""
-        snapshot_args = [token, extra_general, "" if always_snapshot else after]
-        if roster_free is not None:
-            snapshot_args += ["1", roster_free]
+        read, and those `sweep` (cursor, count) reads again (snapshot.lua)."""
+        snapshot_args = [token, extra_general, "" if always_snapshot else after, *_roster_args(roster_free, sweep)]
         read, alive, timers, snapshot = await self._pipelined(
             [("timers", [token, max_missed, limit]), ("snapshot", snapshot_args)],
             read_before=(after, block_ms),

@@ -49,6 +49,8 @@ for i = 4, #ARGV, 4 do
                expires_in = timeout_ms / 1000})
     metric('offered', rid)
     made = made + 1
+  else
+    touch(aid)  -- its row in the matcher's roster may be what was stale: read it again
   end
 end
 redis.call('SET', k('stretch'), ARGV[3])

@@ -5,10 +5,12 @@
 --   entry that is not quiet (lib.lua flush)
 -- ARGV[4] '1': the matcher holds the roster; only the astrologers changed since its
 --   last such read (astdirty) are read, online or not  ARGV[5] the free slots in the
---   roster it holds (with ARGV[4])
+--   roster it holds (with ARGV[4])  ARGV[6] the sweep's cursor in the online set
+--   ARGV[7] how many online astrologers the sweep reads again (with ARGV[4])
 -- Returns {'ok', JSON} with JSON = {astrologers: [[id, weight, capacity, load, is_top,
 -- flow_enabled, idle_ms, online]], general: [[rid, seq, [excluded]]], direct: {aid:
--- [[rid, seq, []]]}, general_limit, changed_only, top_flow, boost, stretch};
+-- [[rid, seq, []]]}, general_limit, changed_only, sweep (the cursor to go on from),
+-- online (how many are), top_flow, boost, stretch};
 -- {'ok', ''} when nothing changed after ARGV[3]; or {'err', 'fenced' | 'unavailable'}.
 if redis.call('GET', k('fence')) ~= ARGV[1] then return err('fenced') end
 if not require_alive() then return err('unavailable') end
@@ -24,6 +26,7 @@ if ARGV[3] and ARGV[3] ~= '' then
   if not changed then return {'ok', ''} end
 end
 local changed_only = ARGV[4] == '1'
+local sweep = ARGV[6] or '0'
 local astrologers, direct = {}, {}
 local free_total = 0
 local function read_row(aid, online)
@@ -51,10 +54,31 @@ if changed_only then
   -- The rows the matcher holds are current but for these; the general line is read
   -- as far as their free slots and the changed rows' could take.
   free_total = tonumber(ARGV[5])
+  local read = {}
   for _, aid in ipairs(redis.call('SMEMBERS', k('astdirty'))) do
+    read[aid] = true
     free_total = free_total + read_row(aid, redis.call('SISMEMBER', k('online'), aid) == 1)
   end
   redis.call('DEL', k('astdirty'))
+  -- The sweep: a few online astrologers read again each turn as if changed, so a
+  -- row that a missed mark left stale is mended within one pass over the set. A
+  -- free one the roster holds too counts twice towards the general line's limit:
+  -- the line is then read a little further, which changes no decision.
+  local count = tonumber(ARGV[7] or '0')
+  if count > 0 then
+    local scan = redis.call('SSCAN', k('online'), sweep, 'COUNT', count)
+    sweep = scan[1]
+    for _, aid in ipairs(scan[2]) do
+      if not read[aid] then
+        read[aid] = true
+        local free = read_row(aid, true)
+        free_total = free_total + free
+        if free > 0 and redis.call('EXISTS', k('line:' .. aid)) == 1 then
+          redis.call('SADD', k('directs'), aid)
+        end
+      end
+    end
+  end
   for _, aid in ipairs(redis.call('SMEMBERS', k('directs'))) do
     local a = redis.call('HMGET', k('ast:' .. aid), 'capacity', 'load')
     local free = tonumber(a[1] or '0') - tonumber(a[2] or '0')
@@ -65,6 +89,7 @@ if changed_only then
     end
   end
 else
+  redis.call('DEL', k('astdirty'))  -- every row is read now
   for _, aid in ipairs(redis.call('SMEMBERS', k('online'))) do
     local free = read_row(aid, true)
     if free > 0 then
@@ -86,5 +111,6 @@ end
 local flow = redis.call('HMGET', k('flow'), 'top_flow', 'boost')
 return {'ok', cjson.encode({astrologers = astrologers, general = general, direct = direct,
                             general_limit = general_limit, changed_only = changed_only,
+                            sweep = sweep, online = redis.call('SCARD', k('online')),
                             top_flow = flow[1] or 'on', boost = tonumber(flow[2] or '2'),
                             stretch = redis.call('GET', k('stretch')) or ''})}

@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError
 from matcher.aio import REDIS_DOWN
 from matcher.journal import FANOUT_ACCOUNT
 from matcher.keys import Keys
-from matcher.loop import Matcher, _astrologer
+from matcher.loop import ROSTER_SWEEP_S, SWEEP_MOST_PER_TURN, Matcher, RosterSweep, _astrologer
 from matcher.positions import FANOUT_PER_PASS, Positions
 from matcher.store import Store
 from server.errors import AstroqError
@@ -213,7 +213,8 @@ async def test_a_roster_kept_from_changed_rows_matches_a_whole_read(live: tuple[
 
     async def kept() -> dict[str, Any]:
         free = None if matcher.roster is None else sum(a.capacity - a.load for a in matcher.roster.values())
-        data = await store.snapshot(token, 64, roster_free=free)
+        sweep = (matcher.sweep.cursor, rng.choice([0, 0, 1, 3]))  # the sweep changes nothing the roster says
+        data = await store.snapshot(token, 64, roster_free=free, sweep=sweep)
         matcher._update_roster(data)
         return data
 
@@ -255,3 +256,77 @@ async def test_a_roster_kept_from_changed_rows_matches_a_whole_read(live: tuple[
         assert (data["direct"] or {}) == (whole["direct"] or {}), (step, action)
         general, whole_general = (g if isinstance(g, list) else [] for g in (data["general"], whole["general"]))
         assert general[: len(whole_general)] == whole_general, (step, action)
+
+
+async def _kept_roster(live: tuple[Redis, Keys], online: int, capacity: int) -> tuple[Store, Matcher, list[str]]:
+    """A leading matcher that holds the roster of `online` astrologers, read whole."""
+    redis, keys = live
+    store = Store(redis, keys)
+    token = (await store.lease("m1", 60_000)).token
+    await redis.set(keys.alive, "1")
+    await redis.hset(keys.flow, mapping={"top_flow": "on", "boost": "2.0"})
+    matcher = Matcher(Settings(redis_prefix=keys.prefix), redis, pool=None)  # type: ignore[arg-type]  # no PostgreSQL needed
+    matcher.token = token
+    astrologers = [str(uuid.uuid4()) for _ in range(online)]
+    for aid in astrologers:
+        await store.upsert_astrologer(aid, "a", 1.0, capacity, False, True)
+        await store.set_status(aid, "online", "", "", None)
+    matcher._update_roster(await store.snapshot(token, 64))
+    assert matcher.roster is not None and set(matcher.roster) == set(astrologers)
+    return store, matcher, astrologers
+
+
+async def test_the_sweep_mends_a_row_that_missed_its_mark(live: tuple[Redis, Keys]) -> None:
+    """A change that marked nothing (a script with its touch() missing) leaves the
+    kept roster stale; one pass of the sweep over the online set, a few rows a
+    snapshot, reads it again."""
+    redis, keys = live
+    store, matcher, astrologers = await _kept_roster(live, 60, 2)
+    stale = astrologers[0]
+    await redis.hset(keys.m(f"ast:{stale}"), "load", 2)  # full now, and not in astdirty
+
+    def free() -> int:
+        assert matcher.roster is not None
+        return sum(a.capacity - a.load for a in matcher.roster.values())
+
+    matcher._update_roster(await store.snapshot(matcher.token, 64, roster_free=free()))
+    assert stale in (matcher.roster or {})  # without the sweep the row stays stale
+    snapshots = 0
+    while True:
+        data = await store.snapshot(matcher.token, 64, roster_free=free(), sweep=(matcher.sweep.cursor, 8))
+        assert data["changed_only"] and data["online"] == 60
+        matcher._update_roster(data)
+        snapshots += 1
+        if matcher.sweep.cursor == "0":
+            break
+    assert snapshots > 1  # in parts, not a whole read
+    whole = await store.snapshot(matcher.token, 64)
+    assert matcher.roster == {row[0]: _astrologer(row) for row in whole["astrologers"] if row[3] < row[2]}
+    assert stale not in matcher.roster
+
+
+async def test_a_refused_offer_reads_its_astrologer_again(live: tuple[Redis, Keys]) -> None:
+    """commit.lua refuses an offer to an astrologer the stale roster thought free and
+    marks it changed, so the next snapshot reads its row; the roster is not read
+    whole for it."""
+    redis, keys = live
+    store, matcher, (stale,) = await _kept_roster(live, 1, 1)
+    await redis.hset(keys.m(f"ast:{stale}"), "load", 1)  # full now, and not in astdirty
+    await store.request(str(uuid.uuid4()), "u", str(uuid.uuid4()), "chat", None, "", "", None, 0)
+    assert await matcher.decide() == 0  # proposed on the stale row, refused
+    assert matcher.roster is not None and stale in matcher.roster
+    assert await matcher.decide() == 0
+    assert matcher.roster == {}
+
+
+def test_the_sweep_reads_the_online_set_once_in_its_time() -> None:
+    sweep = RosterSweep(online=1_000)
+    sweep.at -= ROSTER_SWEEP_S / 10
+    cursor, count = sweep.ask()
+    assert cursor == "0" and 100 <= count <= 101
+    sweep.swept({"sweep": "17", "online": 1_000})
+    assert sweep.cursor == "17" and 0 <= sweep.owed < 1
+    sweep.at -= 100 * ROSTER_SWEEP_S  # a quiet spell banks no whole read
+    assert sweep.ask() == ("17", SWEEP_MOST_PER_TURN)
+    sweep.at += 100 * ROSTER_SWEEP_S
+    assert sweep.ask()[1] == 0  # asked again at once: nothing owed yet
