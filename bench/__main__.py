@@ -49,7 +49,7 @@ class Sizes:
     join_rate: float
     fan_s: float
     scale_rounds: int
-    scale_rounds_big_roster: int  # each of these decisions reads the whole roster
+    scale_rounds_big_roster: int  # fewer: the first round reads every row the setup's offers changed
     floor_rate: float = 10.0  # a light load: the latency floor
     match_gateways: int = 1
     scale_waiting: tuple[int, int] = (100, 100_000)

@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import asyncpg
 import orjson
@@ -66,10 +66,6 @@ def _astrologer(row: list[Any]) -> flow.Astrologer:
         flow_enabled=bool(row[5]),
         idle_since_ms=int(row[6]),
     )
-
-
-def _free_slots(astrologers: Iterable[flow.Astrologer]) -> int:
-    return sum(a.capacity - a.load for a in astrologers)
 
 
 @dataclass
@@ -167,6 +163,7 @@ class Matcher:
         # looks at one with no room, and one that gets room has changed. None:
         # read them all next.
         self.roster: dict[str, flow.Astrologer] | None = None
+        self.roster_free = 0  # the roster's free slots, kept with it: no walk a turn
         self.sweep = RosterSweep()
         self._lease_ms = int(settings.matcher_lease_s * 1000)
         self._grace_ms = int(settings.reconnect_grace_s * 1000)
@@ -269,8 +266,7 @@ class Matcher:
                     500,
                     GENERAL_LOOKAHEAD,
                     always_snapshot=must_decide,
-                    roster_free=None if self.roster is None else _free_slots(self.roster.values()),
-                    sweep=self.sweep.ask(),
+                    **self._roster_read(),
                 )
                 if not turn.alive:
                     self.roster = None
@@ -297,7 +293,7 @@ class Matcher:
                     # the offer does not wait for a second fsync. Frames still go out
                     # only after that commit, in outbox order.
                     made, committed, settled = await self._decide(
-                        data, self._update_roster(data), entries[-1][0] if entries else last_id
+                        data, entries[-1][0] if entries else last_id
                     )
                     if committed:
                         # Read past the decision, so the next read will not show
@@ -354,18 +350,30 @@ class Matcher:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(1.0, backoff_s * 2)
 
+    def _roster_read(self) -> dict[str, Any]:
+        """What the next snapshot reads of the astrologers: all of them, or (with
+        the roster held) those changed since and the sweep's next few."""
+        return {"roster_free": None if self.roster is None else self.roster_free, "sweep": self.sweep.ask()}
+
     def _update_roster(self, data: dict[str, Any]) -> dict[str, flow.Astrologer]:
         """Folds the snapshot's rows (all of them, or the changed and swept ones)
         into the roster."""
         self.sweep.swept(data)
         rows = data["astrologers"] if isinstance(data["astrologers"], list) else []
-        roster = self.roster if data.get("changed_only") and self.roster is not None else {}
+        if data.get("changed_only") and self.roster is not None:
+            roster, free = self.roster, self.roster_free
+        else:
+            roster, free = {}, 0
         for row in rows:
+            held = roster.get(row[0])
+            if held is not None:
+                free -= held.capacity - held.load
             if row[7] and int(row[3]) < int(row[2]):
-                roster[row[0]] = _astrologer(row)
-            else:
-                roster.pop(row[0], None)  # busy, or no longer online
-        self.roster = roster
+                astrologer = roster[row[0]] = _astrologer(row)
+                free += astrologer.capacity - astrologer.load
+            elif held is not None:
+                del roster[row[0]]  # busy, or no longer online
+        self.roster, self.roster_free = roster, free
         return roster
 
     async def _rebuild(self) -> None:
@@ -382,24 +390,20 @@ class Matcher:
     async def decide(self) -> int:
         """One decision, committed, as a turn takes it: on the roster kept from the
         last snapshot and the rows changed since. Returns offers made."""
-        roster_free = None if self.roster is None else _free_slots(self.roster.values())
-        data = await self.store.snapshot(self.token, GENERAL_LOOKAHEAD, roster_free, self.sweep.ask())
-        made, _, _ = await self._decide(data, self._update_roster(data), None)
+        data = await self.store.snapshot(self.token, GENERAL_LOOKAHEAD, **self._roster_read())
+        made, _, _ = await self._decide(data, None)
         return made
 
-    async def _decide(
-        self, data: dict[str, Any], roster: dict[str, flow.Astrologer], read_after: str | None
-    ) -> tuple[int, list[Any], bool]:
-        """The decision on a snapshot and the free astrologers (the roster), committed;
-        with read_after, also the outbox entries after it (the commit's among them)
-        on the commit's round trip.
+    async def _decide(self, data: dict[str, Any], read_after: str | None) -> tuple[int, list[Any], bool]:
+        """The decision on a snapshot, folded into the roster, committed; with
+        read_after, also the outbox entries after it (the commit's among them) on
+        the commit's round trip.
         Returns (offers made, those entries, settled): settled when every offer
         decided was made, the snapshot held the whole general line, and no entry
         but the commit's own and quiet ones came after the snapshot; a decision on
         the state that left would then make no offer."""
         started = time.perf_counter()
-        free = tuple(roster.values())
-        decision = flow.decide(_snapshot(data, free))
+        decision = flow.decide(_snapshot(data, tuple(self._update_roster(data).values())))
         stretch = _stretch_json(decision.stretch)
         made, own_id = 0, ""
         entries: list[Any] = []
@@ -413,7 +417,7 @@ class Matcher:
         elif read_after is not None:
             entries = await self.store.outbox(read_after)
         metrics.DECISION_TIME.observe(time.perf_counter() - started)
-        free_slots = _free_slots(free)
+        free_slots = self.roster_free
         general_limit = data.get("general_limit", free_slots + GENERAL_LOOKAHEAD)
         settled = (
             made == len(decision.offers)

@@ -253,6 +253,7 @@ async def test_a_roster_kept_from_changed_rows_matches_a_whole_read(live: tuple[
         whole = await store.snapshot(token, 64)
         free = {row[0]: _astrologer(row) for row in whole["astrologers"] or () if row[3] < row[2]}
         assert matcher.roster == free, (step, action)
+        assert matcher.roster_free == sum(a.capacity - a.load for a in free.values()), (step, action)
         assert (data["direct"] or {}) == (whole["direct"] or {}), (step, action)
         general, whole_general = (g if isinstance(g, list) else [] for g in (data["general"], whole["general"]))
         assert general[: len(whole_general)] == whole_general, (step, action)
